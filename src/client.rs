@@ -1,0 +1,157 @@
+//! A blocking client of the control protocol: what `supctl` and the tests
+//! use. One request at a time on one connection; notifications that arrive
+//! before the answer are handed to a callback.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{MAX_LINE, Notification, Request, Response, RpcError};
+
+/// The socket used when none is given: `$XDG_RUNTIME_DIR/supd.sock` for a
+/// user, `/run/supd/supd.sock` for root (the `RuntimeDirectory=` of the
+/// systemd unit).
+pub fn default_socket_path() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/supd/supd.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("supd.sock"),
+        None => PathBuf::from(format!("/tmp/supd-{}/supd.sock", nix::unistd::geteuid())),
+    }
+}
+
+/// What a call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens there.
+    #[error("cannot connect to supd at {path}: {source} (is supd running? pass --socket or set SUPD_SOCKET)")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The connection broke.
+    #[error("lost the connection to supd: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon closed the connection before answering.
+    #[error("supd closed the connection without answering (did it shut down?)")]
+    Closed,
+    /// The daemon sent something that is not a JSON-RPC answer.
+    #[error("supd sent an unreadable answer: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error.
+    #[error("{0}")]
+    Rpc(RpcError),
+}
+
+/// A connection to `supd`.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the socket at `path`.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] naming the path.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    /// Calls `method` with `params` and returns its result.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] with the daemon's error; the others for transport faults.
+    pub fn call(&mut self, method: &str, params: impl Serialize) -> Result<Value, ClientError> {
+        self.call_streaming(method, params, |_| {})
+    }
+
+    /// Like [`Client::call`], handing each notification that arrives before
+    /// the answer to `on_notification`.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_streaming(
+        &mut self,
+        method: &str,
+        params: impl Serialize,
+        mut on_notification: impl FnMut(Notification),
+    ) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request::new(id, method, params);
+        let mut line = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        loop {
+            let Some(line) = self.read_line()? else {
+                return Err(ClientError::Closed);
+            };
+            let value: Value = serde_json::from_slice(&line)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if value.get("id").is_none() && value.get("method").is_some() {
+                if let Ok(n) = serde_json::from_value::<Notification>(value) {
+                    on_notification(n);
+                }
+                continue;
+            }
+            let response: Response =
+                serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+            return match (response.result, response.error) {
+                (_, Some(error)) => Err(ClientError::Rpc(error)),
+                (Some(result), None) => Ok(result),
+                (None, None) => Err(ClientError::Protocol("an answer with neither result nor error".into())),
+            };
+        }
+    }
+
+    /// Reads one line (at most [`MAX_LINE`] bytes); `None` at end of stream.
+    ///
+    /// # Errors
+    /// I/O errors; an over-long line is a protocol error.
+    pub fn read_line(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_LINE {
+            return Err(ClientError::Protocol("an answer longer than 1 MiB".into()));
+        }
+        Ok(Some(line))
+    }
+
+    /// Blocks until the daemon closes the connection (used by `shutdown`).
+    ///
+    /// # Errors
+    /// I/O errors other than the close itself.
+    pub fn wait_closed(&mut self) -> Result<(), ClientError> {
+        let mut sink = Vec::new();
+        match self.reader.read_to_end(&mut sink) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The configuration: TOML text -> a validated [`Config`] with real
+//! durations, signals and paths. Every problem is collected and reported at
+//! once, each as `file:line:col: message` (SPEC §6).
+//!
+//! The TOML is parsed into a spanned tree ([`toml::de::DeTable`]) and walked
+//! key by key, so an unknown key, a wrong type and a bad value are each
+//! reported where they stand, with a suggestion for a misspelt key.
+
+mod walk;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::signals::Sig;
+
+pub use walk::parse_duration;
+
+/// The whole configuration of one `supd`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The `[supd]` table.
+    pub supd: SupdConfig,
+    /// `[program.NAME]` tables, by name.
+    pub programs: BTreeMap<String, ProgramConfig>,
+}
+
+/// The `[supd]` table: settings of the daemon itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupdConfig {
+    /// `socket`: the control socket's path (relative to the config file's
+    /// folder). `None` leaves it to `--socket` or the default
+    /// ([`crate::daemon::default_socket_path`]).
+    pub socket: Option<PathBuf>,
+    /// `shutdown_timeout` (default 30 s): how long shutdown waits for
+    /// programs before SIGKILL of what is left.
+    pub shutdown_timeout: Duration,
+    /// `allow_users`: user names or uids, besides root and the daemon's own
+    /// user, whose connections are accepted. Empty by default.
+    pub allow_uids: Vec<u32>,
+}
+
+/// When a program is started again after its process ended (SPEC §6
+/// `restart`; supervisord's `autorestart`, systemd's `Restart=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Always, whatever the exit status.
+    Always,
+    /// Unless it exited with one of `exit_codes` (default).
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// How many times a program that keeps exiting during `start_secs` is tried
+/// before it is `fatal` (supervisord's `startretries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retries {
+    /// This many retries after the first try.
+    Limited(u32),
+    /// `"infinite"`: for ever (with backoff).
+    Infinite,
+}
+
+/// One `[program.NAME]` table, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramConfig {
+    /// The table's name.
+    pub name: String,
+    /// `command`: argv; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub command: Vec<String>,
+    /// `cwd`: the working folder (relative to the config file's folder);
+    /// default: supd's own.
+    pub cwd: Option<PathBuf>,
+    /// `env`: variables added to (or replacing) supd's environment.
+    pub env: BTreeMap<String, String>,
+    /// `autostart` (default true): started when supd starts.
+    pub autostart: bool,
+    /// `restart` (default `"on-failure"`).
+    pub restart: RestartPolicy,
+    /// `exit_codes` (default `[0]`): exits that count as success for `on-failure`.
+    pub exit_codes: Vec<i32>,
+    /// `start_secs` (default 1 s): up this long counts as started.
+    pub start_secs: Duration,
+    /// `start_retries` (default 3, or `"infinite"`).
+    pub start_retries: Retries,
+    /// `stop_signal` (default TERM).
+    pub stop_signal: Sig,
+    /// `stop_timeout` (default 10 s): then SIGKILL.
+    pub stop_timeout: Duration,
+    /// `daemon` (default false): see SPEC §2.
+    pub daemon: bool,
+    /// `backoff_initial` (default 1 s): the first delay before a restart.
+    pub backoff_initial: Duration,
+    /// `backoff_max` (default 60 s): the delay doubles up to this.
+    pub backoff_max: Duration,
+    /// `backoff_reset` (default 10 × `start_secs`, at least 10 s): a run this
+    /// long resets the delay to `backoff_initial`.
+    pub backoff_reset: Duration,
+}
+
+impl ProgramConfig {
+    /// A program running `command` with every other key at its default;
+    /// used by tests and by transient programs.
+    pub fn new(name: &str, command: Vec<String>) -> Self {
+        ProgramConfig {
+            name: name.to_string(),
+            command,
+            cwd: None,
+            env: BTreeMap::new(),
+            autostart: true,
+            restart: RestartPolicy::OnFailure,
+            exit_codes: vec![0],
+            start_secs: Duration::from_secs(1),
+            start_retries: Retries::Limited(3),
+            stop_signal: Sig(libc::SIGTERM),
+            stop_timeout: Duration::from_secs(10),
+            daemon: false,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            backoff_reset: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One problem in a configuration file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigErrors`]: the file cannot be read (`file:1:1: cannot read ...`),
+    /// or every syntax, key, type and value problem in it.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                message: format!("cannot read the configuration: {e}"),
+            }])
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths in it are
+    /// taken from `path`'s folder).
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] with every problem found.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        walk::parse(text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

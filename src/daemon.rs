@@ -1,0 +1,152 @@
+//! Wiring: configuration, control socket, signals, the reaper, the
+//! supervisor and sd_notify, in the order that keeps each promise:
+//!
+//! 1. supd becomes a child subreaper, then registers SIGCHLD/SIGTERM/SIGINT
+//!    (signal-hook) before it spawns anything, so no exit is missed.
+//! 2. The socket is bound (refused if another supd holds it).
+//! 3. Autostart programs are spawned, on the main thread.
+//! 4. `READY=1` goes to systemd (`NOTIFY_SOCKET`), then the supervisor runs
+//!    until shutdown has stopped every program.
+//! 5. `STOPPING=1`, the socket file is removed, and [`run`] returns.
+
+use std::path::PathBuf;
+
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+
+use crate::client::default_socket_path;
+use crate::config::Config;
+use crate::server::{self, BindError, ControlSocket};
+use crate::supervisor::Supervisor;
+
+/// What `supd` was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration, already validated.
+    pub config: Config,
+    /// `--socket`, over the config's `socket` and the default.
+    pub socket: Option<PathBuf>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A system call at start-up failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The socket path for these options: `--socket`, else the config's
+/// `socket`, else [`default_socket_path`].
+pub fn socket_path(opts: &Options) -> PathBuf {
+    opts.socket
+        .clone()
+        .or_else(|| opts.config.supd.socket.clone())
+        .unwrap_or_else(default_socket_path)
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Runs the daemon in the foreground until shutdown. Blocks the calling
+/// thread, which must be the process's main thread: programs are spawned
+/// from it, and `PR_SET_PDEATHSIG` is tied to the thread that forks.
+///
+/// # Errors
+/// [`DaemonError`] when start-up fails; nothing has been spawned then.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    crate::reaper::become_subreaper().map_err(|e| DaemonError::Setup {
+        what: "PR_SET_CHILD_SUBREAPER",
+        source: e.into(),
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| DaemonError::Setup {
+            what: "starting the runtime",
+            source,
+        })?;
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: Options) -> Result<(), DaemonError> {
+    let mut signals =
+        Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP]).map_err(|source| DaemonError::Setup {
+            what: "registering signal handlers",
+            source,
+        })?;
+    let path = socket_path(&opts);
+    let socket = ControlSocket::bind(&path)?;
+    let listener = tokio::net::UnixListener::from_std(socket.listener.try_clone().map_err(
+        |source| DaemonError::Setup {
+            what: "registering the control socket",
+            source,
+        },
+    )?)
+    .map_err(|source| DaemonError::Setup {
+        what: "registering the control socket",
+        source,
+    })?;
+
+    let (mut supervisor, handle) = Supervisor::new(&opts.config);
+    supervisor.autostart();
+
+    let signal_handle = handle.clone();
+    let signal_task = tokio::spawn(async move {
+        while let Some(sig) = signals.next().await {
+            match sig {
+                SIGCHLD => signal_handle.reap(),
+                SIGTERM | SIGINT => {
+                    tracing::info!(signal = %crate::signals::signal_name(sig), "shutdown requested");
+                    signal_handle.shutdown();
+                }
+                SIGHUP => tracing::info!("SIGHUP: reload is not supported yet; ignoring"),
+                _ => {}
+            }
+        }
+    });
+    // Children that exited before the handler was installed: collect them too.
+    handle.reap();
+
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server::serve(
+        listener,
+        handle.clone(),
+        opts.config.supd.allow_uids.clone(),
+        async {
+            let _ = server_stopped.await;
+        },
+    ));
+
+    tracing::info!(socket = %path.display(), programs = opts.config.programs.len(), "supd ready");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "supervising {} programs on {}",
+            opts.config.programs.len(),
+            path.display()
+        )),
+    ]);
+
+    supervisor.run().await;
+
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_server.send(());
+    let _ = server_task.await;
+    signal_task.abort();
+    socket.remove();
+    tracing::info!("supd stopped");
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! sup: a process supervisor for Linux. This library holds everything the
+//! two binaries share: `supd` (the daemon, `src/main.rs`) and `supctl` (its
+//! control CLI, `ctl/main.rs`).
+//!
+//! Who owns what, who talks to whom:
+//! - [`supervisor`] owns all program state, as one actor task fed by a
+//!   channel; its lifecycle rules are the pure [`supervisor::machine`].
+//! - [`spawn`] is the only fork/exec; [`reaper`] the only `waitpid`. Both
+//!   run on the daemon's main thread, inside the supervisor.
+//! - [`server`] accepts control connections and turns each JSON-RPC line
+//!   ([`protocol`]) into a call on the supervisor's [`supervisor::Handle`].
+//! - [`daemon`] wires config, socket, signals and supervisor together.
+//! - [`client`] is the blocking client `supctl` and the tests use.
+//! - [`config`] turns TOML into a validated [`config::Config`].
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod observability;
+pub mod protocol;
+pub mod reaper;
+pub mod server;
+pub mod signals;
+pub mod spawn;
+pub mod supervisor;

@@ -1,0 +1,414 @@
+//! The control socket: creating it safely, checking who connects, and one
+//! task per connection that reads JSON-RPC lines and answers them.
+//!
+//! - The socket is bound under umask 0177, so it never exists with wider
+//!   permissions than 0600, even for a moment.
+//! - Whether another `supd` owns the path is decided under an exclusive
+//!   `flock` on `PATH.lock`: held, the start is refused; free, a stale socket
+//!   file is replaced. A path that is not a socket is never unlinked.
+//! - Each connection's peer credentials (`SO_PEERCRED`) are checked before
+//!   anything is read: root, supd's own user and `allow_users` only.
+//! - Caps: [`MAX_LINE`] a message, [`MAX_CONNECTIONS`] at once,
+//!   [`FIRST_REQUEST_TIMEOUT`] of silence before the first request. `accept`
+//!   failing with EMFILE backs off instead of spinning.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::protocol::framing::{Frame, read_frame, write_message};
+use crate::protocol::{
+    ErrorKind, MAX_LINE, NamesParams, PROTOCOL_VERSION, ProgramsResult, Response, RpcError,
+    SignalParams, StatusResult, VersionResult, WaitParams,
+};
+use crate::signals::parse_signal_value;
+use crate::supervisor::Handle;
+
+/// Connections served at once; more are answered with an error and closed.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a new connection may stay silent before its first request.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the control socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A live supd holds the lock beside the socket.
+    #[error("another supd is running on {0} (stop it first, or choose another --socket)")]
+    InUse(PathBuf),
+    /// Something that is not a socket is in the way.
+    #[error("{0} exists and is not a socket; refusing to replace it (remove it, or choose another --socket)")]
+    NotASocket(PathBuf),
+    /// Any other system error, with the path it concerned.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// A bound control socket, and the lock that says this supd owns it.
+#[derive(Debug)]
+pub struct ControlSocket {
+    /// The listening socket (blocking mode off; register with tokio).
+    pub listener: std::os::unix::net::UnixListener,
+    /// Its path.
+    pub path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl ControlSocket {
+    /// Creates the socket at `path` (and its folder, mode 0755, if missing).
+    ///
+    /// # Errors
+    /// [`BindError::InUse`] when a live supd holds it;
+    /// [`BindError::NotASocket`] when a non-socket file is in the way;
+    /// [`BindError::Io`] otherwise.
+    pub fn bind(path: &Path) -> Result<ControlSocket, BindError> {
+        let io_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| BindError::Io { path: p, source }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir)
+                    .map_err(io_err(dir))?;
+            }
+        }
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            if errno == nix::errno::Errno::EWOULDBLOCK {
+                BindError::InUse(path.to_path_buf())
+            } else {
+                BindError::Io {
+                    path: lock_path.clone(),
+                    source: errno.into(),
+                }
+            }
+        })?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                tracing::info!(path = %path.display(), "replacing a stale socket left by a dead supd");
+                std::fs::remove_file(path).map_err(io_err(path))?;
+            }
+            Ok(_) => return Err(BindError::NotASocket(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(io_err(path))?;
+        listener.set_nonblocking(true).map_err(io_err(path))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// Removes the socket file (at shutdown). The lock is released when
+    /// `self` is dropped.
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove the socket");
+        }
+    }
+}
+
+/// Serves connections on `listener` until `shutdown` completes.
+/// `allowed_uids` are let in besides root and supd's own user.
+pub async fn serve(
+    listener: UnixListener,
+    handle: Handle,
+    allowed_uids: Vec<u32>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut allowed = allowed_uids;
+    allowed.push(0);
+    allowed.push(nix::unistd::geteuid().as_raw());
+    let allowed: Arc<[u32]> = allowed.into();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                let errno = e.raw_os_error();
+                if errno == Some(libc::EMFILE) || errno == Some(libc::ENFILE) {
+                    tracing::warn!(error = %e, "out of file descriptors; pausing accept for 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    tracing::warn!(error = %e, "accept failed");
+                }
+                continue;
+            }
+        };
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peer's credentials; closing");
+                continue;
+            }
+        };
+        if !allowed.contains(&uid) {
+            tracing::warn!(uid, "connection refused: uid not allowed");
+            refuse(
+                &stream,
+                RpcError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("uid {uid} may not control this supd (add it to allow_users in [supd])"),
+                ),
+            );
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse(
+                &stream,
+                RpcError::new(
+                    ErrorKind::Internal,
+                    format!("too many connections (at most {MAX_CONNECTIONS}); try again"),
+                ),
+            );
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, handle).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Writes one error line without waiting (the socket buffer of a fresh
+/// connection has room), then drops the connection.
+fn refuse(stream: &UnixStream, error: RpcError) {
+    let response = Response::err(Value::Null, error);
+    if let Ok(mut bytes) = serde_json::to_vec(&response) {
+        bytes.push(b'\n');
+        let _ = stream.try_write(&bytes);
+    }
+}
+
+async fn connection(stream: UnixStream, handle: Handle) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut first = true;
+    loop {
+        let frame = if first {
+            match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, read_frame(&mut reader, MAX_LINE)).await
+            {
+                Ok(frame) => frame?,
+                Err(_) => return Ok(()),
+            }
+        } else {
+            read_frame(&mut reader, MAX_LINE).await?
+        };
+        first = false;
+        let line = match frame {
+            None => return Ok(()),
+            Some(Frame::TooLong) => {
+                let error = RpcError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("message longer than {MAX_LINE} bytes; it was discarded"),
+                );
+                write_message(&mut writer, &Response::err(Value::Null, error)).await?;
+                continue;
+            }
+            Some(Frame::Line(line)) => line,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let answer = {
+            let work = answer(&line, &handle);
+            tokio::pin!(work);
+            let mut watching = true;
+            loop {
+                tokio::select! {
+                    answer = &mut work => break Some(answer),
+                    // A client that hangs up mid-request is not waited for;
+                    // what it asked for still happens.
+                    gone = client_gone(&mut reader), if watching => {
+                        if gone { break None; }
+                        watching = false;
+                    }
+                }
+            }
+        };
+        match answer {
+            None => return Ok(()),
+            Some(None) => {} // a notification: no answer
+            Some(Some(response)) => write_message(&mut writer, &response).await?,
+        }
+    }
+}
+
+/// Completes with `true` at end of stream, `false` when more data is
+/// waiting (a pipelined request, left in the buffer).
+async fn client_gone(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> bool {
+    match reader.fill_buf().await {
+        Ok(bytes) => bytes.is_empty(),
+        Err(_) => true,
+    }
+}
+
+/// Answers one line: `None` for a notification (a request without `id`).
+async fn answer(line: &[u8], handle: &Handle) -> Option<Response> {
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(Response::err(
+                Value::Null,
+                RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
+            ));
+        }
+    };
+    let id = value.get("id").cloned();
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    let invalid = |message: &str| {
+        Some(Response::err(
+            reply_id.clone(),
+            RpcError::new(ErrorKind::InvalidRequest, message),
+        ))
+    };
+    let Value::Object(obj) = &value else {
+        return invalid("a request must be a JSON object (batches are not supported)");
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid("a request must have \"jsonrpc\": \"2.0\"");
+    }
+    if !matches!(id, None | Some(Value::Number(_) | Value::String(_) | Value::Null)) {
+        return invalid("\"id\" must be a number, a string or null");
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        return invalid("a request must have a \"method\" string");
+    };
+    let params = obj.get("params").cloned();
+    if !matches!(params, None | Some(Value::Object(_))) {
+        return Some(Response::err(
+            reply_id,
+            RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
+        ));
+    }
+    let result = dispatch(method, params, handle).await;
+    id.as_ref()?;
+    Some(match result {
+        Ok(v) => Response::ok(reply_id, v),
+        Err(e) => Response::err(reply_id, e),
+    })
+}
+
+fn params<T: DeserializeOwned + Default>(method: &str, params: Option<Value>) -> Result<T, RpcError> {
+    match params {
+        None => Ok(T::default()),
+        Some(p) => required(method, Some(p)),
+    }
+}
+
+fn required<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<T, RpcError> {
+    serde_json::from_value(params.unwrap_or_else(|| json!({}))).map_err(|e| {
+        RpcError::new(
+            ErrorKind::InvalidParams,
+            format!("invalid params for {method}: {e}"),
+        )
+    })
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+}
+
+fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Value, RpcError> {
+    to_value(ProgramsResult { programs: outcomes })
+}
+
+async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Value, RpcError> {
+    match method {
+        "version" => to_value(VersionResult {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        }),
+        "status" => {
+            let sel: NamesParams = params(method, p)?;
+            let programs = if sel.all {
+                handle.status(Vec::new()).await?
+            } else {
+                handle.status(sel.names).await?
+            };
+            to_value(StatusResult { programs })
+        }
+        "start" => programs(handle.start(params(method, p)?).await?),
+        "stop" => programs(handle.stop(params(method, p)?, false).await?),
+        "kill" => programs(handle.stop(params(method, p)?, true).await?),
+        "restart" => programs(handle.restart(params(method, p)?).await?),
+        "remove" => programs(handle.remove(params(method, p)?).await?),
+        "signal" => {
+            let sp: SignalParams = required(method, p)?;
+            let sig = parse_signal_value(&sp.signal)
+                .map_err(|e| RpcError::new(ErrorKind::InvalidParams, e.to_string()))?;
+            let sel = NamesParams {
+                names: sp.names,
+                all: sp.all,
+            };
+            programs(handle.signal(sel, sig, sp.group).await?)
+        }
+        "wait" => {
+            let wp: WaitParams = required(method, p)?;
+            let timeout = match wp.timeout {
+                None => None,
+                Some(t) if t.is_finite() && t >= 0.0 && t < 1e9 => Some(Duration::from_secs_f64(t)),
+                Some(t) => {
+                    return Err(RpcError::new(
+                        ErrorKind::InvalidParams,
+                        format!("invalid params for wait: timeout {t} must be seconds from 0 up"),
+                    ));
+                }
+            };
+            to_value(handle.wait(wp.name, timeout).await?)
+        }
+        "shutdown" => {
+            handle.shutdown();
+            Ok(json!({ "shutting_down": true }))
+        }
+        other => Err(RpcError::new(
+            ErrorKind::MethodNotFound,
+            format!(
+                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, shutdown)"
+            ),
+        )),
+    }
+}

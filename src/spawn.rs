@@ -1,0 +1,269 @@
+//! The only fork/exec in the daemon, and the pidfd that every later signal
+//! to the process goes through.
+//!
+//! A child is made with `std::process::Command` and a `pre_exec` hook (never
+//! `tokio::process`, which reaps its own children behind the reaper's back).
+//! std reports a failed `chdir` or `exec` through a close-on-exec pipe, so a
+//! missing binary comes back here as an errno, not as an instant exit.
+//!
+//! Between fork and exec the hook makes only async-signal-safe calls:
+//! 1. `setsid()`: the program leads its own session and process group, so a
+//!    stop reaches every process of the group, and no terminal signal from
+//!    supd's terminal reaches it.
+//! 2. an empty signal mask and the default disposition for every catchable
+//!    signal: a child of a `nohup supd` (SIGHUP ignored) or of signal-hook's
+//!    blocked mask can still be stopped (rust-lang/rust#101077).
+//! 3. for `daemon = true`, `PR_SET_PDEATHSIG(SIGKILL)`, then a check that
+//!    the parent is still the daemon, closing the race where the daemon died
+//!    between fork and prctl. PDEATHSIG fires when the forking *thread* ends,
+//!    so spawns happen only on the daemon's main thread.
+//! 4. `close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`: every descriptor above
+//!    stderr is closed at exec (marked, not closed, so std's own
+//!    exec-error pipe still works until the exec succeeds).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::config::ProgramConfig;
+
+/// Variables of supd's own environment that belong to supd (systemd's
+/// notify and socket-activation protocol) and are never passed on.
+const PRIVATE_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+];
+
+/// A started process: its pid and a pidfd that refers to it for as long as
+/// the pidfd is open, even after the pid is reused.
+#[derive(Debug)]
+pub struct Child {
+    /// The process id (also its process group id and session id).
+    pub pid: u32,
+    /// `pidfd_open(pid)`, opened before the process can have been reaped.
+    pub pidfd: OwnedFd,
+    /// When it was forked.
+    pub started: Instant,
+}
+
+/// Why a program could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The working folder is missing or not usable.
+    #[error("cannot use cwd \"{path}\": {source} (check \"cwd\" in [program.{program}])")]
+    Cwd {
+        /// The program.
+        program: String,
+        /// The folder.
+        path: String,
+        /// The errno.
+        source: io::Error,
+    },
+    /// exec failed: missing binary, not executable, bad interpreter, ...
+    #[error("cannot run \"{path}\": {source} (check \"command\" in [program.{program}])")]
+    Exec {
+        /// The program.
+        program: String,
+        /// `argv[0]`.
+        path: String,
+        /// The errno from exec (or from fork).
+        source: io::Error,
+    },
+}
+
+/// Forks and execs `cfg.command` with the hygiene described in this
+/// module's doc. `extra_env` is added after the config's `env`.
+///
+/// Must be called on the daemon's main thread (see `PR_SET_PDEATHSIG`).
+///
+/// # Errors
+/// [`SpawnError::Cwd`] when `cwd` is not a folder; [`SpawnError::Exec`]
+/// when fork or exec fails (the errno is kept).
+pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Child, SpawnError> {
+    if let Some(cwd) = &cfg.cwd {
+        check_cwd(&cfg.name, cwd)?;
+    }
+    let exec_err = |source: io::Error| SpawnError::Exec {
+        program: cfg.name.clone(),
+        path: cfg.command[0].clone(),
+        source,
+    };
+
+    let mut cmd = Command::new(&cfg.command[0]);
+    cmd.args(&cfg.command[1..]);
+    for var in PRIVATE_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(&cfg.env);
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
+    cmd.env("SUP_PROGRAM", &cfg.name);
+    if let Some(cwd) = &cfg.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(Stdio::null());
+
+    let daemon = cfg.daemon;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the hook runs in the forked child before exec and makes only
+    // async-signal-safe calls (setsid, sigprocmask, sigaction, prctl,
+    // getppid, raise, close_range through syscall); it allocates nothing and
+    // takes no lock.
+    unsafe {
+        cmd.pre_exec(move || child_setup(daemon, parent));
+    }
+
+    let started = Instant::now();
+    let child = cmd.spawn().map_err(exec_err)?;
+    let pid = child.id();
+    // The pid cannot have been reused yet: only this thread reaps, and it is
+    // busy here, so the child is alive or a zombie we have not collected.
+    let pidfd = pidfd_open(pid).map_err(exec_err)?;
+    // Dropping std's handle neither waits nor kills; the reaper owns the exit.
+    drop(child);
+    Ok(Child {
+        pid,
+        pidfd,
+        started,
+    })
+}
+
+fn check_cwd(program: &str, cwd: &Path) -> Result<(), SpawnError> {
+    let err = |source| SpawnError::Cwd {
+        program: program.to_string(),
+        path: cwd.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(cwd).map_err(err)?;
+    if meta.is_dir() {
+        Ok(())
+    } else {
+        Err(err(io::Error::from_raw_os_error(libc::ENOTDIR)))
+    }
+}
+
+/// Runs in the child between fork and exec. Only async-signal-safe calls.
+fn child_setup(daemon: bool, parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: plain system calls on this process's own state, each
+    // async-signal-safe (signal-safety(7)); pointers passed are to locals.
+    unsafe {
+        if libc::setsid() < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // Fails harmlessly (EINVAL) for the few numbers libc reserves.
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        if daemon {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The daemon died before the prctl took effect.
+                libc::raise(libc::SIGKILL);
+            }
+        }
+        // CLOSE_RANGE_CLOEXEC (Linux 5.11): mark rather than close, so std's
+        // exec-error pipe keeps working until the exec itself.
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) < 0
+        {
+            mark_fds_cloexec_slowly();
+        }
+    }
+    Ok(())
+}
+
+/// For kernels without `CLOSE_RANGE_CLOEXEC`: set FD_CLOEXEC on each
+/// descriptor up to the soft limit. Async-signal-safe (fcntl only).
+fn mark_fds_cloexec_slowly() {
+    // SAFETY: getrlimit and fcntl are async-signal-safe; fcntl on a closed
+    // descriptor fails with EBADF and changes nothing.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(65536) as RawFd
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that stays bound to this process.
+///
+/// # Errors
+/// The errno: ESRCH when no such process exists.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain system call with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // pidfd_open sets O_CLOEXEC on the new descriptor itself.
+    // SAFETY: the kernel just returned this descriptor to us; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: signals the process the pidfd refers to, or fails
+/// with ESRCH once it has been reaped. Never reaches a process that reused
+/// the pid.
+///
+/// # Errors
+/// The errno (ESRCH: gone; EPERM: not allowed).
+pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call; a null siginfo is allowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0 as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `killpg(2)`. Callers send to a group only while its leader is ours and
+/// not yet reaped (alive or a zombie), which keeps the group id from being
+/// reused.
+///
+/// # Errors
+/// The errno (ESRCH: no member left).
+pub fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
+    // SAFETY: a plain system call with integer arguments.
+    let rc = unsafe { libc::killpg(pgid as libc::pid_t, sig) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! The supervisor's handle: what control connections call. Each method sends
+//! one [`Msg`] and awaits the answer, so a slow program keeps only its own
+//! caller waiting.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Msg, Pending, WaitTicket};
+use crate::protocol::{
+    ErrorKind, NamesParams, Outcome, ProgramStatus, RpcError, WaitResult,
+};
+use crate::signals::Sig;
+
+/// A cheap, cloneable sender to the supervisor.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+fn gone() -> RpcError {
+    RpcError::new(
+        ErrorKind::ShuttingDown,
+        "supd is shutting down and no longer takes requests",
+    )
+}
+
+/// Turns per-program outcomes into the verb's answer: all fine is `Ok`;
+/// any failure is an error of the first failure's kind, with every
+/// outcome under `data.results`.
+fn settle(outcomes: Vec<Outcome>) -> Result<Vec<Outcome>, RpcError> {
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    let Some(first) = failures.first().and_then(|o| o.error.as_ref()) else {
+        return Ok(outcomes);
+    };
+    let message = failures
+        .iter()
+        .filter_map(|o| o.error.as_ref().map(|e| e.message.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(RpcError::new(first.kind, message).with_results(outcomes))
+}
+
+async fn collect(pending: Vec<Pending>) -> Result<Vec<Outcome>, RpcError> {
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for result in join_all(pending).await {
+        outcomes.push(result.map_err(|_| gone())?);
+    }
+    Ok(outcomes)
+}
+
+impl Handle {
+    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>) -> Self {
+        Handle { tx }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RpcError>>) -> Msg,
+    ) -> Result<T, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Tells the supervisor that SIGCHLD arrived.
+    pub fn reap(&self) {
+        let _ = self.tx.send(Msg::Reap);
+    }
+
+    /// Begins shutdown; a second call sends SIGKILL to what is left.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+
+    /// `status`: rows for `names`, or every program when empty.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name.
+    pub async fn status(&self, names: Vec<String>) -> Result<Vec<ProgramStatus>, RpcError> {
+        self.ask(|reply| Msg::Status { names, reply }).await
+    }
+
+    /// `start`: returns once each program is `running` (or has exited cleanly
+    /// during `start_secs`), or has failed.
+    ///
+    /// # Errors
+    /// `not_found` (nothing done); else the first failure's kind
+    /// (`already_running`, `spawn`, ...) with every outcome.
+    pub async fn start(&self, select: NamesParams) -> Result<Vec<Outcome>, RpcError> {
+        let pending = self.ask(|reply| Msg::Start { select, reply }).await?;
+        settle(collect(pending).await?)
+    }
+
+    /// `stop` (or `kill`): returns once each program's process has exited.
+    ///
+    /// # Errors
+    /// `not_found`; `not_running` for `kill` of a program with no process.
+    pub async fn stop(&self, select: NamesParams, kill: bool) -> Result<Vec<Outcome>, RpcError> {
+        let pending = self
+            .ask(|reply| Msg::Stop {
+                select,
+                kill,
+                reply,
+            })
+            .await?;
+        settle(collect(pending).await?)
+    }
+
+    /// `restart`: stop, then start. Each outcome says whether its stop
+    /// escalated.
+    ///
+    /// # Errors
+    /// As [`Handle::stop`], then as [`Handle::start`].
+    pub async fn restart(&self, select: NamesParams) -> Result<Vec<Outcome>, RpcError> {
+        let stopped = self.stop(select.clone(), false).await?;
+        let started = self.start(select).await;
+        let merge = |mut outs: Vec<Outcome>| {
+            for (o, s) in outs.iter_mut().zip(&stopped) {
+                o.escalated = s.escalated;
+            }
+            outs
+        };
+        match started {
+            Ok(outs) => Ok(merge(outs)),
+            Err(mut e) => {
+                e.data.results = e.data.results.take().map(merge);
+                Err(e)
+            }
+        }
+    }
+
+    /// `signal`: sends `sig` to each program's main process, or its group.
+    ///
+    /// # Errors
+    /// `not_found`; `not_running` when a program has no process;
+    /// `permission_denied` when the kernel refuses (EPERM).
+    pub async fn signal(
+        &self,
+        select: NamesParams,
+        sig: Sig,
+        group: bool,
+    ) -> Result<Vec<Outcome>, RpcError> {
+        let outs = self
+            .ask(|reply| Msg::Signal {
+                select,
+                sig,
+                group,
+                reply,
+            })
+            .await?;
+        settle(outs)
+    }
+
+    /// `wait`: `Process.join(timeout)`. Returns how the current run ended, or
+    /// the last run when none is under way.
+    ///
+    /// # Errors
+    /// `not_found`; `not_running` for a program never started; `spawn` for one
+    /// that could not be; `timeout` when `timeout` elapses (the program runs on).
+    pub async fn wait(
+        &self,
+        name: String,
+        timeout: Option<Duration>,
+    ) -> Result<WaitResult, RpcError> {
+        let who = name.clone();
+        let ticket = self.ask(|reply| Msg::Wait { name, reply }).await?;
+        let rx = match ticket {
+            WaitTicket::Done(result) => return Ok(result),
+            WaitTicket::Pending(rx) => rx,
+        };
+        match timeout {
+            None => rx.await.map_err(|_| gone()),
+            Some(limit) => match tokio::time::timeout(limit, rx).await {
+                Ok(result) => result.map_err(|_| gone()),
+                Err(_) => Err(RpcError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{who}: still running after {}s (it keeps running)",
+                        limit.as_secs_f64()
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// `remove`: forgets programs that have no process.
+    ///
+    /// # Errors
+    /// `not_found`; `running` if any has a process (then none is removed).
+    pub async fn remove(&self, select: NamesParams) -> Result<Vec<Outcome>, RpcError> {
+        self.ask(|reply| Msg::Remove { select, reply }).await
+    }
+}
