@@ -1,0 +1,9 @@
+//! Integration tests: each starts a real `supd` in a temporary folder and
+//! drives it through `supctl` and the socket, with real child processes.
+
+mod util;
+
+mod process;
+mod protocol;
+mod smoke;
+mod verbs;
