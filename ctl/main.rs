@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
-    ErrorKind, Outcome, ProgramStatus, ProgramsResult, StatusResult, VersionResult, WaitResult,
+    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, StatusResult, VersionResult,
+    WaitResult,
 };
 
 /// supctl: control a running supd.
@@ -84,9 +85,18 @@ enum Verb {
         /// The program.
         name: String,
         /// Give up after SECS seconds (the program keeps running).
-        #[arg(long, short = 't', value_name = "SECS")]
+        #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs)]
         timeout: Option<f64>,
     },
+    /// Resize a pool: new members are started, the highest-numbered stopped first.
+    Scale {
+        /// The pool (a program with `instances`).
+        name: String,
+        /// Its new size.
+        instances: u32,
+    },
+    /// Stream state changes as they happen, until supd stops.
+    Events,
     /// Forget programs that are not running.
     Remove {
         /// Program names.
@@ -134,6 +144,8 @@ fn verb_name(verb: &Verb) -> &'static str {
         Verb::Signal { .. } => "signal",
         Verb::Wait { .. } => "wait",
         Verb::Remove { .. } => "remove",
+        Verb::Scale { .. } => "scale",
+        Verb::Events => "events",
         Verb::Shutdown => "shutdown",
         Verb::Version => "version",
     }
@@ -160,6 +172,13 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
             json_out,
         ),
         Verb::Wait { name, timeout } => wait(&mut client, name, *timeout, json_out),
+        Verb::Scale { name, instances } => programs(
+            &mut client,
+            "scale",
+            json!({ "name": name, "instances": instances }),
+            json_out,
+        ),
+        Verb::Events => events(&mut client, json_out),
         Verb::Shutdown => {
             client.call("shutdown", json!({}))?;
             client.wait_closed()?;
@@ -248,10 +267,16 @@ fn status_table(rows: &[ProgramStatus]) -> String {
         "INFO".into(),
     ]];
     for p in rows {
-        let info = match (&p.error, &p.signal) {
-            (Some(e), _) => e.clone(),
-            (None, Some(sig)) => format!("killed by {sig}"),
-            _ => String::new(),
+        let info = if !p.waiting_for.is_empty() {
+            format!("waiting for {}", p.waiting_for.join(", "))
+        } else if let Some(secs) = p.next_retry_secs {
+            format!("retry in {secs:.1}s")
+        } else {
+            match (&p.error, &p.signal) {
+                (Some(e), _) => e.clone(),
+                (None, Some(sig)) => format!("killed by {sig}"),
+                _ => String::new(),
+            }
         };
         table.push([
             p.name.clone(),
@@ -340,10 +365,63 @@ fn programs(client: &mut Client, verb: &str, params: Value, json_out: bool) -> R
     }
 }
 
+/// A number of seconds from 0 up (not NaN, not infinite).
+fn parse_secs(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a number of seconds from 0 up, such as 2.5")),
+    }
+}
+
+fn events(client: &mut Client, json_out: bool) -> Result<u8, Failure> {
+    client.call("events", json!({}))?;
+    while let Some(n) = client.next_notification()? {
+        if n.method != "event" {
+            continue;
+        }
+        let e: Event = decode(n.params)?;
+        if json_out {
+            if let Ok(line) = serde_json::to_string(&e) {
+                if !out_line(&line) {
+                    break;
+                }
+            }
+        } else {
+            let mut line = format!("{} {}: {} -> {}", e.time, e.name, e.from, e.to);
+            if let Some(pid) = e.pid {
+                line.push_str(&format!(" (pid {pid})"));
+            }
+            if let Some(rc) = e.returncode {
+                line.push_str(&format!(", returncode {rc}"));
+            }
+            if e.escalated {
+                line.push_str(", escalated to SIGKILL");
+            }
+            if !out_line(&line) {
+                break;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Prints a line and flushes it; `false` once stdout is gone (a closed pipe).
+fn out_line(text: &str) -> bool {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_ok()
+}
+
 fn wait(client: &mut Client, name: &str, timeout: Option<f64>, json_out: bool) -> Result<u8, Failure> {
-    match client.call("wait", json!({ "name": name, "timeout": timeout })) {
-        Ok(v) => {
-            let result: WaitResult = decode(v)?;
+    client.call("wait", json!({ "name": name, "timeout": timeout }))?;
+    let Some(n) = client.next_notification()? else {
+        return Err(Failure::Message(
+            "supd closed the connection before the run ended".into(),
+            1,
+        ));
+    };
+    match n.method.as_str() {
+        "wait.exited" => {
+            let result: WaitResult = decode(n.params)?;
             if json_out {
                 print_json(&result);
             } else {
@@ -356,9 +434,13 @@ fn wait(client: &mut Client, name: &str, timeout: Option<f64>, json_out: bool) -
             }
             Ok(result.shell_status().clamp(0, 255) as u8)
         }
-        Err(ClientError::Rpc(e)) if e.kind() == ErrorKind::Timeout => {
+        "wait.timeout" => {
+            let e: sup::protocol::RpcError = decode(n.params)?;
             Err(Failure::Message(e.message, 124))
         }
-        Err(e) => Err(e.into()),
+        _ => {
+            let e: sup::protocol::RpcError = decode(n.params)?;
+            Err(Failure::Message(e.message, 1))
+        }
     }
 }

@@ -142,6 +142,20 @@ impl Client {
         Ok(Some(line))
     }
 
+    /// Reads the next notification on a streaming connection; `None` when
+    /// the daemon closed it.
+    ///
+    /// # Errors
+    /// I/O errors; a line that is not a notification is a protocol error.
+    pub fn next_notification(&mut self) -> Result<Option<Notification>, ClientError> {
+        let Some(line) = self.read_line()? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|e| ClientError::Protocol(format!("expected a notification: {e}")))
+    }
+
     /// Blocks until the daemon closes the connection (used by `shutdown`).
     ///
     /// # Errors

@@ -100,7 +100,9 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
         source,
     })?;
 
-    let (mut supervisor, handle) = Supervisor::new(&opts.config);
+    let state_dir = crate::state::state_dir(opts.config.supd.state_dir.as_deref(), &path);
+    let state_path = state_dir.join(crate::state::FILE_NAME);
+    let (mut supervisor, handle) = Supervisor::new(&opts.config, Some(state_path));
     supervisor.autostart();
 
     let signal_handle = handle.clone();

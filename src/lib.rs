@@ -22,4 +22,5 @@ pub mod reaper;
 pub mod server;
 pub mod signals;
 pub mod spawn;
+pub mod state;
 pub mod supervisor;

@@ -24,16 +24,18 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::JoinSet;
 
 use crate::protocol::framing::{Frame, read_frame, write_message};
 use crate::protocol::{
-    ErrorKind, MAX_LINE, NamesParams, PROTOCOL_VERSION, ProgramsResult, Response, RpcError,
-    SignalParams, StatusResult, VersionResult, WaitParams,
+    ErrorKind, Event, MAX_LINE, NamesParams, Notification, PROTOCOL_VERSION, ProgramsResult,
+    Response, RpcError, ScaleParams, SignalParams, StatusResult, VersionResult, WaitParams,
 };
 use crate::signals::parse_signal_value;
-use crate::supervisor::Handle;
+use crate::supervisor::{Handle, WaitTicket};
 
 /// Connections served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -155,11 +157,15 @@ pub async fn serve(
     allowed.push(nix::unistd::geteuid().as_raw());
     let allowed: Arc<[u32]> = allowed.into();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let (closing_tx, closing) = watch::channel(false);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
             accepted = listener.accept() => accepted,
+            // Reap finished connection tasks as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,
@@ -203,12 +209,23 @@ pub async fn serve(
             continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection(stream, handle).await {
+        let closing = closing.clone();
+        connections.spawn(async move {
+            if let Err(e) = connection(stream, handle, closing).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
         });
+    }
+    // Idle connections close now; streams end as their sources do (events
+    // when the supervisor is gone). Whatever is still busy after a moment is cut.
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        connections.abort_all();
     }
 }
 
@@ -222,19 +239,47 @@ fn refuse(stream: &UnixStream, error: RpcError) {
     }
 }
 
-async fn connection(stream: UnixStream, handle: Handle) -> io::Result<()> {
+/// What follows an answer on the same connection.
+enum Follow {
+    /// Nothing: the next request.
+    Nothing,
+    /// `events`: a notification per state change until the daemon stops.
+    Events(broadcast::Receiver<Event>),
+    /// `wait`: one notification when the run ends (or the timeout passes).
+    Wait {
+        name: String,
+        ticket: WaitTicket,
+        timeout: Option<Duration>,
+    },
+}
+
+/// What `dispatch` produced.
+enum Reply {
+    Value(Value),
+    Stream(Value, Follow),
+}
+
+async fn connection(
+    stream: UnixStream,
+    handle: Handle,
+    mut closing: watch::Receiver<bool>,
+) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut first = true;
     loop {
-        let frame = if first {
-            match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, read_frame(&mut reader, MAX_LINE)).await
-            {
+        let limit = if first {
+            FIRST_REQUEST_TIMEOUT
+        } else {
+            Duration::from_secs(u64::MAX / 4)
+        };
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(limit, read_frame(&mut reader, MAX_LINE)) => match frame {
                 Ok(frame) => frame?,
                 Err(_) => return Ok(()),
-            }
-        } else {
-            read_frame(&mut reader, MAX_LINE).await?
+            },
+            // The daemon is going away: an idle connection is closed.
+            _ = closing.wait_for(|c| *c) => return Ok(()),
         };
         first = false;
         let line = match frame {
@@ -268,17 +313,130 @@ async fn connection(stream: UnixStream, handle: Handle) -> io::Result<()> {
                 }
             }
         };
-        match answer {
+        let follow = match answer {
             None => return Ok(()),
-            Some(None) => {} // a notification: no answer
-            Some(Some(response)) => write_message(&mut writer, &response).await?,
+            Some(None) => continue, // a notification: no answer
+            Some(Some((response, follow))) => {
+                write_message(&mut writer, &response).await?;
+                follow
+            }
+        };
+        match follow {
+            Follow::Nothing => {}
+            Follow::Events(rx) => return stream_events(rx, &mut reader, &mut writer).await,
+            Follow::Wait {
+                name,
+                ticket,
+                timeout,
+            } => {
+                if !finish_wait(name, ticket, timeout, &mut reader, &mut writer).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// How long one notification may take to write before the client counts
+/// as not reading and is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn notify<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    method: &str,
+    params: impl serde::Serialize,
+) -> io::Result<()> {
+    let n = Notification {
+        jsonrpc: "2.0".into(),
+        method: method.into(),
+        params: serde_json::to_value(params).map_err(io::Error::other)?,
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write_message(writer, &n)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read its notifications",
+        )),
+    }
+}
+
+/// Sends each event as an `event` notification until the supervisor is
+/// gone, the client hangs up, or it falls [`crate::supervisor::EVENT_QUEUE`]
+/// events behind (then it is dropped; the daemon never waits for it).
+async fn stream_events(
+    mut rx: broadcast::Receiver<Event>,
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) -> io::Result<()> {
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(event) => notify(writer, "event", &event).await?,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "dropping an events subscriber that does not keep up");
+                    return Ok(());
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            gone = client_gone(reader), if watching => {
+                if gone { return Ok(()); }
+                // Requests on an events connection are not read.
+                watching = false;
+            }
+        }
+    }
+}
+
+/// Sends the one notification a `wait` promised: `wait.exited` with a
+/// [`crate::protocol::WaitResult`], or `wait.timeout`. Returns `false` when
+/// the client hung up meanwhile.
+async fn finish_wait(
+    name: String,
+    ticket: WaitTicket,
+    timeout: Option<Duration>,
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) -> io::Result<bool> {
+    let rx = match ticket {
+        WaitTicket::Done(result) => {
+            notify(writer, "wait.exited", &result).await?;
+            return Ok(true);
+        }
+        WaitTicket::Pending(rx) => rx,
+    };
+    let limit = timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
+    let ended = tokio::time::timeout(limit, rx);
+    tokio::pin!(ended);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            ended = &mut ended => {
+                match ended {
+                    Ok(Ok(result)) => notify(writer, "wait.exited", &result).await?,
+                    Ok(Err(_)) => {
+                        let error = RpcError::new(ErrorKind::ShuttingDown, format!("{name}: supd went away before the run ended"));
+                        notify(writer, "wait.error", &error).await?;
+                    }
+                    Err(_) => {
+                        let secs = limit.as_secs_f64();
+                        let error = RpcError::new(ErrorKind::Timeout, format!("{name}: still running after {secs}s (it keeps running)"));
+                        notify(writer, "wait.timeout", &error).await?;
+                    }
+                }
+                return Ok(true);
+            }
+            gone = client_gone(reader), if watching => {
+                if gone { return Ok(false); }
+                watching = false;
+            }
         }
     }
 }
 
 /// Completes with `true` at end of stream, `false` when more data is
 /// waiting (a pipelined request, left in the buffer).
-async fn client_gone(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> bool {
+async fn client_gone(reader: &mut BufReader<OwnedReadHalf>) -> bool {
     match reader.fill_buf().await {
         Ok(bytes) => bytes.is_empty(),
         Err(_) => true,
@@ -286,22 +444,28 @@ async fn client_gone(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) ->
 }
 
 /// Answers one line: `None` for a notification (a request without `id`).
-async fn answer(line: &[u8], handle: &Handle) -> Option<Response> {
+async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
-            return Some(Response::err(
-                Value::Null,
-                RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
+            return Some((
+                Response::err(
+                    Value::Null,
+                    RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
+                ),
+                Follow::Nothing,
             ));
         }
     };
     let id = value.get("id").cloned();
     let reply_id = id.clone().unwrap_or(Value::Null);
     let invalid = |message: &str| {
-        Some(Response::err(
-            reply_id.clone(),
-            RpcError::new(ErrorKind::InvalidRequest, message),
+        Some((
+            Response::err(
+                reply_id.clone(),
+                RpcError::new(ErrorKind::InvalidRequest, message),
+            ),
+            Follow::Nothing,
         ))
     };
     let Value::Object(obj) = &value else {
@@ -318,16 +482,20 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<Response> {
     };
     let params = obj.get("params").cloned();
     if !matches!(params, None | Some(Value::Object(_))) {
-        return Some(Response::err(
-            reply_id,
-            RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
+        return Some((
+            Response::err(
+                reply_id,
+                RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
+            ),
+            Follow::Nothing,
         ));
     }
     let result = dispatch(method, params, handle).await;
     id.as_ref()?;
     Some(match result {
-        Ok(v) => Response::ok(reply_id, v),
-        Err(e) => Response::err(reply_id, e),
+        Ok(Reply::Value(v)) => (Response::ok(reply_id, v), Follow::Nothing),
+        Ok(Reply::Stream(v, follow)) => (Response::ok(reply_id, v), follow),
+        Err(e) => (Response::err(reply_id, e), Follow::Nothing),
     })
 }
 
@@ -355,7 +523,38 @@ fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Value, RpcError> 
     to_value(ProgramsResult { programs: outcomes })
 }
 
-async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Value, RpcError> {
+async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Reply, RpcError> {
+    match method {
+        "events" => {
+            let _: NamesParams = params(method, p)?;
+            let rx = handle.subscribe().await?;
+            Ok(Reply::Stream(json!({ "subscribed": true }), Follow::Events(rx)))
+        }
+        "wait" => {
+            let wp: WaitParams = required(method, p)?;
+            let timeout = match wp.timeout {
+                None => None,
+                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => Some(Duration::from_secs_f64(t)),
+                Some(t) => {
+                    return Err(RpcError::new(
+                        ErrorKind::InvalidParams,
+                        format!("invalid params for wait: timeout {t} must be seconds from 0 up"),
+                    ));
+                }
+            };
+            let ticket = handle.wait(wp.name.clone()).await?;
+            let (pid, running) = match &ticket {
+                WaitTicket::Done(r) => (r.pid, false),
+                WaitTicket::Pending(_) => (None, true),
+            };
+            let answer = json!({ "name": wp.name, "running": running, "pid": pid });
+            Ok(Reply::Stream(answer, Follow::Wait { name: wp.name, ticket, timeout }))
+        }
+        _ => dispatch_value(method, p, handle).await.map(Reply::Value),
+    }
+}
+
+async fn dispatch_value(method: &str, p: Option<Value>, handle: &Handle) -> Result<Value, RpcError> {
     match method {
         "version" => to_value(VersionResult {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -386,19 +585,9 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Val
             };
             programs(handle.signal(sel, sig, sp.group).await?)
         }
-        "wait" => {
-            let wp: WaitParams = required(method, p)?;
-            let timeout = match wp.timeout {
-                None => None,
-                Some(t) if t.is_finite() && t >= 0.0 && t < 1e9 => Some(Duration::from_secs_f64(t)),
-                Some(t) => {
-                    return Err(RpcError::new(
-                        ErrorKind::InvalidParams,
-                        format!("invalid params for wait: timeout {t} must be seconds from 0 up"),
-                    ));
-                }
-            };
-            to_value(handle.wait(wp.name, timeout).await?)
+        "scale" => {
+            let sp: ScaleParams = required(method, p)?;
+            programs(handle.scale(sp.name, sp.instances).await?)
         }
         "shutdown" => {
             handle.shutdown();
@@ -407,7 +596,7 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Val
         other => Err(RpcError::new(
             ErrorKind::MethodNotFound,
             format!(
-                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, shutdown)"
+                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, scale, events, shutdown)"
             ),
         )),
     }

@@ -40,6 +40,10 @@ pub struct SupdConfig {
     /// `allow_users`: user names or uids, besides root and the daemon's own
     /// user, whose connections are accepted. Empty by default.
     pub allow_uids: Vec<u32>,
+    /// `state_dir`: where supd keeps its state file (desired states, pool
+    /// sizes). Default: `$STATE_DIRECTORY` (systemd's `StateDirectory=`),
+    /// else the control socket's folder.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// When a program is started again after its process ended (SPEC §6
@@ -99,6 +103,13 @@ pub struct ProgramConfig {
     /// `backoff_reset` (default 10 × `start_secs`, at least 10 s): a run this
     /// long resets the delay to `backoff_initial`.
     pub backoff_reset: Duration,
+    /// `instances`: `Some(n)` makes the program a pool of n copies named
+    /// `NAME:0` … `NAME:n-1` (`multiprocessing.Pool(n)`); `None` (the key
+    /// absent) is a single program named `NAME`.
+    pub instances: Option<u32>,
+    /// `depends_on`: programs that must be `running` before this one starts;
+    /// shutdown stops this one before them.
+    pub depends_on: Vec<String>,
 }
 
 impl ProgramConfig {
@@ -121,6 +132,8 @@ impl ProgramConfig {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             backoff_reset: Duration::from_secs(10),
+            instances: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -166,6 +179,9 @@ impl std::fmt::Display for ConfigErrors {
         Ok(())
     }
 }
+
+/// The most copies one pool may have.
+pub const MAX_INSTANCES: u32 = 10_000;
 
 impl Config {
     /// Reads and validates the file at `path`.

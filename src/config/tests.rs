@@ -146,3 +146,51 @@ fn durations_need_units() {
     assert!(parse_duration("").is_err());
     assert!(parse_duration("soon").is_err());
 }
+
+#[test]
+fn pools_and_dependencies_are_read() {
+    let c = parse(
+        r#"
+[program.db]
+command = ["sleep", "1"]
+[program.web]
+command = ["sleep", "1"]
+instances = 3
+depends_on = ["db"]
+"#,
+    )
+    .expect("valid");
+    assert_eq!(c.programs["web"].instances, Some(3));
+    assert_eq!(c.programs["web"].depends_on, ["db"]);
+    assert_eq!(c.programs["db"].instances, None);
+}
+
+#[test]
+fn unknown_dependencies_and_cycles_are_named_with_their_place() {
+    let m = messages(
+        r#"[program.a]
+command = ["x"]
+depends_on = ["b"]
+[program.b]
+command = ["x"]
+depends_on = ["c"]
+[program.c]
+command = ["x"]
+depends_on = ["a", "ghost"]
+"#,
+    );
+    assert_eq!(m.len(), 2, "{m:#?}");
+    assert_eq!(
+        m[0],
+        "/etc/sup/app.toml:9:15: dependency cycle: a -> b -> c -> a (remove one of these depends_on entries)"
+    );
+    assert!(
+        m[1].starts_with("/etc/sup/app.toml:9:20: c depends on \"ghost\", which is not a program here"),
+        "{}",
+        m[1]
+    );
+    let m = messages("[program.a]\ncommand = [\"x\"]\ndepends_on = [\"a\"]\n");
+    assert!(m[0].contains("a cannot depend on itself"), "{m:?}");
+    let m = messages("[program.a]\ncommand = [\"x\"]\ninstances = 0\n");
+    assert!(m[0].contains("\"instances\" must be from 1"), "{m:?}");
+}

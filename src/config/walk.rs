@@ -15,7 +15,7 @@ use super::{
 use crate::signals::parse_signal;
 
 const TOP_KEYS: &[&str] = &["supd", "program"];
-const SUPD_KEYS: &[&str] = &["socket", "shutdown_timeout", "allow_users"];
+const SUPD_KEYS: &[&str] = &["socket", "shutdown_timeout", "allow_users", "state_dir"];
 const PROGRAM_KEYS: &[&str] = &[
     "command",
     "cwd",
@@ -31,6 +31,8 @@ const PROGRAM_KEYS: &[&str] = &[
     "backoff_initial",
     "backoff_max",
     "backoff_reset",
+    "instances",
+    "depends_on",
 ];
 
 /// Parses a duration with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`,
@@ -252,8 +254,10 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         socket: None,
         shutdown_timeout: Duration::from_secs(30),
         allow_uids: Vec::new(),
+        state_dir: None,
     };
     let mut programs = BTreeMap::new();
+    let mut dep_spans = Vec::new();
 
     for (key, value) in root.get_ref().iter() {
         match key.get_ref().as_ref() {
@@ -265,7 +269,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             "program" => {
                 if let Some(t) = w.table(value, "[program]") {
                     for (name, body) in t.iter() {
-                        if let Some(p) = walk_program(&mut w, name, body, &base) {
+                        if let Some(p) = walk_program(&mut w, name, body, &base, &mut dep_spans) {
                             programs.insert(p.name.clone(), p);
                         }
                     }
@@ -274,6 +278,8 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             _ => w.unknown_key(key, "the top level", TOP_KEYS),
         }
     }
+
+    check_dependencies(&mut w, &programs, &dep_spans);
 
     if w.errors.is_empty() {
         Ok(Config {
@@ -295,6 +301,7 @@ fn walk_supd(w: &mut Walker<'_>, t: &DeTable<'_>, base: &Path, supd: &mut SupdCo
     for (key, value) in t.iter() {
         match key.get_ref().as_ref() {
             "socket" => supd.socket = w.path(value, "socket", base),
+            "state_dir" => supd.state_dir = w.path(value, "state_dir", base),
             "shutdown_timeout" => {
                 if let Some(d) = w.duration(value, "shutdown_timeout") {
                     supd.shutdown_timeout = d;
@@ -350,6 +357,7 @@ fn walk_program(
     name: &Spanned<std::borrow::Cow<'_, str>>,
     body: &Spanned<DeValue<'_>>,
     base: &Path,
+    dep_spans: &mut Vec<DepSpan>,
 ) -> Option<ProgramConfig> {
     let pname = name.get_ref().to_string();
     let errors_before = w.errors.len();
@@ -495,6 +503,40 @@ fn walk_program(
                 }
             }
             "backoff_reset" => backoff_reset = w.duration(value, k),
+            "instances" => {
+                if let Some(n) = w.integer(value, k) {
+                    match u32::try_from(n) {
+                        Ok(n) if (1..=super::MAX_INSTANCES).contains(&n) => p.instances = Some(n),
+                        _ => w.error(
+                            value.span(),
+                            format!("\"instances\" must be from 1 to {}", super::MAX_INSTANCES),
+                        ),
+                    }
+                }
+            }
+            "depends_on" => {
+                if let DeValue::Array(items) = value.get_ref() {
+                    for item in items.iter() {
+                        if let Some(dep) = w.string(item, k) {
+                            if dep == pname {
+                                w.error(item.span(), format!("{pname} cannot depend on itself"));
+                            } else if !p.depends_on.contains(&dep) {
+                                dep_spans.push(DepSpan {
+                                    program: pname.clone(),
+                                    dep: dep.clone(),
+                                    span: item.span(),
+                                });
+                                p.depends_on.push(dep);
+                            }
+                        }
+                    }
+                } else {
+                    w.error(
+                        value.span(),
+                        "\"depends_on\" must be an array of program names, such as [\"db\"]",
+                    );
+                }
+            }
             _ => w.unknown_key(key, &format!("[program.{pname}]"), PROGRAM_KEYS),
         }
     }
@@ -510,4 +552,87 @@ fn walk_program(
     p.backoff_reset = backoff_reset
         .unwrap_or_else(|| (p.start_secs * 10).max(Duration::from_secs(10)));
     (w.errors.len() == errors_before).then_some(p)
+}
+
+/// Where one `depends_on` entry stands, to report unknown names and cycles.
+pub(super) struct DepSpan {
+    program: String,
+    dep: String,
+    span: Range<usize>,
+}
+
+/// Reports dependencies on unknown programs and dependency cycles, each at
+/// the `depends_on` entry that closes it.
+fn check_dependencies(
+    w: &mut Walker<'_>,
+    programs: &BTreeMap<String, ProgramConfig>,
+    deps: &[DepSpan],
+) {
+    for d in deps {
+        if programs.contains_key(&d.program) && !programs.contains_key(&d.dep) {
+            w.error(
+                d.span.clone(),
+                format!(
+                    "{} depends on \"{}\", which is not a program here (define [program.{}] or remove it)",
+                    d.program, d.dep, d.dep
+                ),
+            );
+        }
+    }
+    // Depth-first search; 0 = unseen, 1 = on the path, 2 = done.
+    let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
+    let mut reported = std::collections::BTreeSet::new();
+    for start in programs.keys() {
+        let mut path: Vec<&str> = Vec::new();
+        visit(start, programs, &mut mark, &mut path, &mut |cycle: Vec<&str>| {
+            let mut key: Vec<&str> = cycle.clone();
+            key.sort_unstable();
+            if !reported.insert(key.join(",")) {
+                return;
+            }
+            let (last, first) = (cycle[cycle.len() - 1], cycle[0]);
+            let span = deps
+                .iter()
+                .find(|d| d.program == last && d.dep == first)
+                .map_or(0..0, |d| d.span.clone());
+            let mut shown: Vec<&str> = cycle.clone();
+            shown.push(first);
+            w.error(
+                span,
+                format!(
+                    "dependency cycle: {} (remove one of these depends_on entries)",
+                    shown.join(" -> ")
+                ),
+            );
+        });
+    }
+}
+
+fn visit<'a>(
+    name: &'a str,
+    programs: &'a BTreeMap<String, ProgramConfig>,
+    mark: &mut BTreeMap<&'a str, u8>,
+    path: &mut Vec<&'a str>,
+    report: &mut dyn FnMut(Vec<&'a str>),
+) {
+    match mark.get(name) {
+        Some(2) => return,
+        Some(1) => {
+            if let Some(i) = path.iter().position(|n| *n == name) {
+                report(path[i..].to_vec());
+            }
+            return;
+        }
+        _ => {}
+    }
+    let Some(p) = programs.get(name) else {
+        return;
+    };
+    mark.insert(name, 1);
+    path.push(name);
+    for dep in &p.depends_on {
+        visit(dep, programs, mark, path, report);
+    }
+    path.pop();
+    mark.insert(name, 2);
 }

@@ -207,6 +207,52 @@ pub struct ProgramStatus {
     pub since: String,
     /// Why it is `fatal` or `exited`, for a person; `null` otherwise.
     pub error: Option<String>,
+    /// When the last run ended (RFC 3339); `null` if none has.
+    #[serde(default)]
+    pub exited_at: Option<String>,
+    /// In `backoff`: seconds until the next try; `null` otherwise.
+    #[serde(default)]
+    pub next_retry_secs: Option<f64>,
+    /// Dependencies a queued start is waiting for (`starting`, no pid).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+}
+
+/// One state change, as `events` streams it (a notification with method
+/// `"event"`), and as `supctl events --json` prints it, one a line:
+/// `{"name": "web", "from": "starting", "to": "running", "pid": 4242,
+/// "returncode": null, "exit_code": null, "signal": null, "escalated": false,
+/// "time": "2026-11-21T08:00:00.123Z"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// The program.
+    pub name: String,
+    /// The state it left.
+    pub from: State,
+    /// The state it entered.
+    pub to: State,
+    /// Its main process, or the one that just ended.
+    pub pid: Option<u32>,
+    /// When a run just ended: its `returncode`.
+    pub returncode: Option<i32>,
+    /// When a run just ended by exiting: the code.
+    pub exit_code: Option<i32>,
+    /// When a run just ended by a signal: its name.
+    pub signal: Option<String>,
+    /// Whether the stop that ended it escalated to SIGKILL.
+    pub escalated: bool,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+}
+
+/// Params of `scale`: `{"name": "worker", "instances": 4}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleParams {
+    /// The pool (a program with `instances`).
+    pub name: String,
+    /// Its new size, from 1.
+    pub instances: u32,
 }
 
 /// The outcome for one program of `start`, `stop`, `restart`, `kill`,

@@ -2,14 +2,12 @@
 //! one [`Msg`] and awaits the answer, so a slow program keeps only its own
 //! caller waiting.
 
-use std::time::Duration;
-
 use futures_util::future::join_all;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Msg, Pending, WaitTicket};
 use crate::protocol::{
-    ErrorKind, NamesParams, Outcome, ProgramStatus, RpcError, WaitResult,
+    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError,
 };
 use crate::signals::Sig;
 
@@ -153,36 +151,45 @@ impl Handle {
         settle(outs)
     }
 
-    /// `wait`: `Process.join(timeout)`. Returns how the current run ended, or
-    /// the last run when none is under way.
+    /// `wait`: `Process.join()`. A ticket for the end of the current run,
+    /// or the result of the last run when none is under way; the caller
+    /// applies its own timeout (the program runs on).
     ///
     /// # Errors
     /// `not_found`; `not_running` for a program never started; `spawn` for one
-    /// that could not be; `timeout` when `timeout` elapses (the program runs on).
-    pub async fn wait(
-        &self,
-        name: String,
-        timeout: Option<Duration>,
-    ) -> Result<WaitResult, RpcError> {
-        let who = name.clone();
-        let ticket = self.ask(|reply| Msg::Wait { name, reply }).await?;
-        let rx = match ticket {
-            WaitTicket::Done(result) => return Ok(result),
-            WaitTicket::Pending(rx) => rx,
-        };
-        match timeout {
-            None => rx.await.map_err(|_| gone()),
-            Some(limit) => match tokio::time::timeout(limit, rx).await {
-                Ok(result) => result.map_err(|_| gone()),
-                Err(_) => Err(RpcError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "{who}: still running after {}s (it keeps running)",
-                        limit.as_secs_f64()
-                    ),
-                )),
-            },
-        }
+    /// that could not be.
+    pub async fn wait(&self, name: String) -> Result<WaitTicket, RpcError> {
+        self.ask(|reply| Msg::Wait { name, reply }).await
+    }
+
+    /// `scale`: grows a pool (new members started) or shrinks it (the
+    /// highest-numbered members stopped, then forgotten). Returns once each
+    /// changed member got there.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown pool; `invalid_params` for a program that
+    /// is not a pool or a size of 0; else as [`Handle::start`].
+    pub async fn scale(&self, name: String, instances: u32) -> Result<Vec<Outcome>, RpcError> {
+        let pending = self
+            .ask(|reply| Msg::Scale {
+                name,
+                instances,
+                reply,
+            })
+            .await?;
+        settle(collect(pending).await?)
+    }
+
+    /// `events`: every state change from now on. The receiver holds
+    /// [`super::EVENT_QUEUE`] events; a reader that falls further behind sees
+    /// `Lagged` and is dropped by the server.
+    ///
+    /// # Errors
+    /// `shutting_down` once the supervisor is gone.
+    pub async fn subscribe(&self) -> Result<broadcast::Receiver<Event>, RpcError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Subscribe { reply: tx }).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 
     /// `remove`: forgets programs that have no process.

@@ -44,6 +44,13 @@ pub enum Input {
     StopTimeout,
     /// The backoff delay passed.
     Retry,
+    /// A user asked to start it, but a dependency is not `running` yet:
+    /// it is `starting`, waiting, with no process.
+    Queue,
+    /// Every dependency is `running` now.
+    DepsReady,
+    /// A dependency it was waiting for became `fatal`.
+    DepFailed,
 }
 
 /// What the supervisor must do after a transition.
@@ -80,6 +87,8 @@ pub struct Machine {
     pub backoff_step: u32,
     /// Whether the current stop escalated to SIGKILL.
     pub escalated: bool,
+    /// `starting` without a process: waiting for dependencies.
+    pub waiting: bool,
 }
 
 impl Default for Machine {
@@ -89,6 +98,7 @@ impl Default for Machine {
             retries: 0,
             backoff_step: 0,
             escalated: false,
+            waiting: false,
         }
     }
 }
@@ -126,13 +136,21 @@ impl Machine {
     pub fn step(&mut self, input: Input, cfg: &ProgramConfig) -> Vec<Action> {
         use Action::*;
         use State::*;
+        if self.waiting {
+            return self.step_waiting(input);
+        }
         match (self.state, input) {
-            (Stopped | Exited | Fatal | Backoff, Input::Start) => {
+            (Stopped | Exited | Fatal | Backoff, Input::Start | Input::Queue) => {
                 self.retries = 0;
                 self.backoff_step = 0;
                 self.escalated = false;
                 self.state = Starting;
-                vec![CancelTimer, Spawn]
+                if input == Input::Queue {
+                    self.waiting = true;
+                    vec![CancelTimer]
+                } else {
+                    vec![CancelTimer, Spawn]
+                }
             }
             (Backoff, Input::Retry) => {
                 self.escalated = false;
@@ -206,6 +224,28 @@ impl Machine {
             (Stopping, Input::StopTimeout) => {
                 self.escalated = true;
                 vec![SendKill]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// `starting` with no process yet: only the dependency inputs and a stop
+    /// mean anything.
+    fn step_waiting(&mut self, input: Input) -> Vec<Action> {
+        match input {
+            Input::DepsReady => {
+                self.waiting = false;
+                vec![Action::Spawn]
+            }
+            Input::DepFailed => {
+                self.waiting = false;
+                self.state = State::Fatal;
+                vec![]
+            }
+            Input::Stop | Input::Kill => {
+                self.waiting = false;
+                self.state = State::Stopped;
+                vec![Action::CancelTimer]
             }
             _ => vec![],
         }
@@ -448,6 +488,36 @@ mod tests {
         m.step(Input::StartSecsElapsed, &c);
         // A run of backoff_reset (10 s) or more starts over at step 0.
         assert_eq!(m.step(exit(1, 10), &c)[1], ArmRetry { step: 0 });
+    }
+
+    #[test]
+    fn a_queued_start_waits_for_its_dependencies() {
+        let c = cfg();
+        let mut m = Machine::default();
+        assert_eq!(m.step(Input::Queue, &c), [CancelTimer]);
+        assert_eq!(m.state, State::Starting);
+        assert!(m.waiting);
+        // Nothing but the dependency inputs or a stop moves it.
+        assert_eq!(m.step(Input::StartSecsElapsed, &c), []);
+        assert_eq!(m.step(Input::Start, &c), []);
+        assert_eq!(m.state, State::Starting);
+        assert_eq!(m.step(Input::DepsReady, &c), [Spawn]);
+        assert!(!m.waiting);
+        assert_eq!(m.step(Input::Spawned, &c), [ArmStartTimer]);
+    }
+
+    #[test]
+    fn a_queued_start_fails_with_its_dependency_or_is_stopped() {
+        let c = cfg();
+        let mut m = Machine::default();
+        m.step(Input::Queue, &c);
+        assert_eq!(m.step(Input::DepFailed, &c), []);
+        assert_eq!(m.state, State::Fatal);
+        let mut m = Machine::default();
+        m.step(Input::Queue, &c);
+        assert_eq!(m.step(Input::Stop, &c), [CancelTimer]);
+        assert_eq!(m.state, State::Stopped);
+        assert!(!m.waiting);
     }
 
     #[test]

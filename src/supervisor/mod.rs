@@ -7,29 +7,42 @@
 //! exit, `wait` for the end of the run) are answered at once with oneshot
 //! receivers that the supervisor completes when the program gets there; the
 //! connection task awaits them, so the supervisor never blocks.
+//!
+//! After each message, the transitions it caused are settled in order: each
+//! is broadcast as an [`Event`], a program that became `running` releases
+//! the starts queued behind it (`depends_on`), one that became `fatal` fails
+//! them, and during shutdown the next programs in reverse dependency order
+//! are asked to stop.
 
 mod handle;
 pub mod machine;
+mod program;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use handle::Handle;
-use machine::{Action, Input, Machine, backoff_delay};
+use machine::{Action, Input, backoff_delay};
+pub use program::rfc3339;
+use program::{LastExit, Program, wait_result};
 
 use crate::config::{Config, ProgramConfig};
 use crate::protocol::{
-    ErrorKind, ExitStatus, NamesParams, Outcome, OutcomeError, ProgramStatus, RpcError, State,
-    WaitResult,
+    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError, State, WaitResult,
 };
 use crate::signals::Sig;
-use crate::spawn::{self, Child};
+use crate::spawn;
+use crate::state::{Desired, StateFile};
 
 type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
+
+/// Events kept for a subscriber that has not read them yet; one that falls
+/// further behind is dropped.
+pub const EVENT_QUEUE: usize = 1024;
 
 /// A per-program answer that arrives when the program gets where it was
 /// asked to go.
@@ -49,7 +62,7 @@ pub enum WaitTicket {
 pub enum Msg {
     /// `status`: rows for `names` (every program when empty).
     Status {
-        /// Program names.
+        /// Program or pool names.
         names: Vec<String>,
         /// The rows.
         reply: Reply<Vec<ProgramStatus>>,
@@ -95,6 +108,20 @@ pub enum Msg {
         /// One outcome a program.
         reply: Reply<Vec<Outcome>>,
     },
+    /// `scale`: resize a pool.
+    Scale {
+        /// The pool.
+        name: String,
+        /// Its new size.
+        instances: u32,
+        /// Outcomes to come, for the members started or stopped.
+        reply: Reply<Vec<Pending>>,
+    },
+    /// `events`: a receiver of every state change from now on.
+    Subscribe {
+        /// The receiver.
+        reply: oneshot::Sender<broadcast::Receiver<Event>>,
+    },
     /// Begin shutdown (`supctl shutdown`, SIGTERM, SIGINT); a second one
     /// sends SIGKILL to whatever is left.
     Shutdown,
@@ -109,178 +136,115 @@ pub enum Msg {
     },
 }
 
-#[derive(Debug, Clone, Copy)]
-struct LastExit {
-    status: ExitStatus,
-    pid: u32,
-}
-
-#[derive(Debug)]
-struct Program {
-    cfg: ProgramConfig,
-    machine: Machine,
-    child: Option<Child>,
-    last_exit: Option<LastExit>,
-    restarts: u64,
-    since: SystemTime,
-    error: Option<String>,
-    timer: Option<AbortHandle>,
-    timer_generation: u64,
-    start_waiters: Vec<oneshot::Sender<Outcome>>,
-    stop_waiters: Vec<oneshot::Sender<Outcome>>,
-    exit_waiters: Vec<oneshot::Sender<WaitResult>>,
-}
-
-impl Program {
-    fn new(cfg: ProgramConfig) -> Self {
-        Program {
-            cfg,
-            machine: Machine::default(),
-            child: None,
-            last_exit: None,
-            restarts: 0,
-            since: SystemTime::now(),
-            error: None,
-            timer: None,
-            timer_generation: 0,
-            start_waiters: Vec::new(),
-            stop_waiters: Vec::new(),
-            exit_waiters: Vec::new(),
-        }
-    }
-
-    fn state(&self) -> State {
-        self.machine.state
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.pid)
-    }
-
-    fn outcome(&self) -> Outcome {
-        let last = if self.child.is_none() {
-            self.last_exit
-        } else {
-            None
-        };
-        Outcome {
-            name: self.cfg.name.clone(),
-            state: self.state(),
-            pid: self.pid(),
-            returncode: last.map(|l| l.status.returncode()),
-            signal: last.and_then(|l| l.status.signal_name()),
-            escalated: self.machine.escalated,
-            error: None,
-        }
-    }
-
-    fn failed(&self, kind: ErrorKind, message: String) -> Outcome {
-        Outcome {
-            error: Some(OutcomeError { kind, message }),
-            ..self.outcome()
-        }
-    }
-
-    fn status(&self) -> ProgramStatus {
-        let last = if self.child.is_none() {
-            self.last_exit
-        } else {
-            None
-        };
-        ProgramStatus {
-            name: self.cfg.name.clone(),
-            state: self.state(),
-            pid: self.pid(),
-            returncode: last.map(|l| l.status.returncode()),
-            exit_code: last.and_then(|l| l.status.code),
-            signal: last.and_then(|l| l.status.signal_name()),
-            restarts: self.restarts,
-            uptime_secs: self
-                .child
-                .as_ref()
-                .map(|c| (c.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
-            daemon: self.cfg.daemon,
-            orphans: Vec::new(),
-            since: rfc3339(self.since),
-            error: self.error.clone(),
-        }
-    }
-
-    fn cancel_timer(&mut self) {
-        self.timer_generation += 1;
-        if let Some(timer) = self.timer.take() {
-            timer.abort();
-        }
-    }
-
-    fn arm_timer(&mut self, delay: Duration, tx: &mpsc::UnboundedSender<Msg>) {
-        self.cancel_timer();
-        let generation = self.timer_generation;
-        let name = self.cfg.name.clone();
-        let tx = tx.clone();
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            // The supervisor may be gone at shutdown; nothing to do then.
-            let _ = tx.send(Msg::Timer { name, generation });
-        });
-        self.timer = Some(task.abort_handle());
-    }
-}
-
-/// Formats a time as RFC 3339 in UTC with milliseconds.
-pub fn rfc3339(t: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    dt.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
-}
-
 /// The supervisor actor. Build it with [`Supervisor::new`], start the
 /// autostart programs with [`Supervisor::autostart`], then drive it with
 /// [`Supervisor::run`].
 pub struct Supervisor {
     programs: BTreeMap<String, Program>,
+    /// Base configurations of pools, by pool name.
+    pools: BTreeMap<String, ProgramConfig>,
+    /// For each `[program]` name, the ones that depend on it.
+    dependents: HashMap<String, Vec<String>>,
     by_pid: HashMap<u32, String>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    events: broadcast::Sender<Event>,
+    /// Programs that changed state and whose consequences are pending.
+    transitions: VecDeque<(String, State)>,
+    waiting: usize,
     shutting_down: bool,
     random: RandomState,
     draws: u64,
+    state_path: Option<PathBuf>,
+    state: StateFile,
+}
+
+fn member_name(group: &str, instance: u32) -> String {
+    format!("{group}:{instance}")
+}
+
+fn member_config(base: &ProgramConfig, instance: u32) -> ProgramConfig {
+    let mut cfg = base.clone();
+    cfg.name = member_name(&base.name, instance);
+    cfg.env.insert("SUP_INSTANCE".into(), instance.to_string());
+    cfg
 }
 
 impl Supervisor {
     /// A supervisor for `config`'s programs, all `stopped`, and the handle
-    /// that talks to it.
-    pub fn new(config: &Config) -> (Supervisor, Handle) {
+    /// that talks to it. `state_path` is the state file (desired states and
+    /// pool sizes): read now, written on every `start`, `stop` and `scale`.
+    pub fn new(config: &Config, state_path: Option<PathBuf>) -> (Supervisor, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let programs = config
-            .programs
-            .values()
-            .map(|p| (p.name.clone(), Program::new(p.clone())))
-            .collect();
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let state = state_path
+            .as_deref()
+            .map(StateFile::load)
+            .unwrap_or_default();
+        let mut programs = BTreeMap::new();
+        let mut pools = BTreeMap::new();
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for cfg in config.programs.values() {
+            for dep in &cfg.depends_on {
+                dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(cfg.name.clone());
+            }
+            match cfg.instances {
+                None => {
+                    programs.insert(cfg.name.clone(), Program::new(cfg.clone(), &cfg.name, None));
+                }
+                Some(n) => {
+                    let n = state.scale.get(&cfg.name).copied().unwrap_or(n);
+                    for i in 0..n {
+                        let member = member_config(cfg, i);
+                        programs.insert(member.name.clone(), Program::new(member, &cfg.name, Some(i)));
+                    }
+                    pools.insert(cfg.name.clone(), cfg.clone());
+                }
+            }
+        }
         let sup = Supervisor {
             programs,
+            pools,
+            dependents,
             by_pid: HashMap::new(),
             tx: tx.clone(),
             rx,
+            events,
+            transitions: VecDeque::new(),
+            waiting: 0,
             shutting_down: false,
             random: RandomState::new(),
             draws: 0,
+            state_path,
+            state,
         };
         (sup, Handle::new(tx))
     }
 
-    /// Starts every program with `autostart = true` (spawns happen here, on
-    /// the calling thread, which must be the daemon's main thread).
+    /// Starts every program with `autostart = true`, or that a user had
+    /// started, unless a user had stopped it (the state file). Dependencies
+    /// come first; independent programs start together. Spawns happen here,
+    /// on the calling thread, which must be the daemon's main thread.
     pub fn autostart(&mut self) {
         let names: Vec<String> = self
             .programs
             .values()
-            .filter(|p| p.cfg.autostart)
-            .map(|p| p.cfg.name.clone())
+            .filter(|p| match self.state.desired.get(p.name()) {
+                Some(Desired::Started) => true,
+                Some(Desired::Stopped) => false,
+                None => p.cfg.autostart,
+            })
+            .map(|p| p.name().to_string())
             .collect();
         for name in names {
-            self.feed(&name, Input::Start);
+            if !self.programs[&name].state().has_process() && !self.programs[&name].machine.waiting {
+                self.start_one(&name);
+            }
         }
+        self.settle();
     }
 
     /// Runs until shutdown has stopped every program. Must run on the
@@ -288,6 +252,7 @@ impl Supervisor {
     pub async fn run(mut self) {
         while let Some(msg) = self.rx.recv().await {
             self.handle(msg);
+            self.settle();
             if self.shutting_down && self.programs.values().all(|p| p.child.is_none()) {
                 break;
             }
@@ -326,17 +291,59 @@ impl Supervisor {
             Msg::Remove { select, reply } => {
                 let _ = reply.send(self.remove(&select));
             }
+            Msg::Scale {
+                name,
+                instances,
+                reply,
+            } => {
+                let _ = reply.send(self.scale(&name, instances));
+            }
+            Msg::Subscribe { reply } => {
+                let _ = reply.send(self.events.subscribe());
+            }
             Msg::Shutdown => self.shutdown(),
             Msg::Reap => self.reap(),
             Msg::Timer { name, generation } => self.timer(&name, generation),
         }
     }
 
-    /// Resolves a selection to program names, all known, or fails with
-    /// `not_found` naming the unknown ones (then nothing is done).
+    /// Names of the members of `group` (a pool, or a single program), in
+    /// instance order.
+    fn members(&self, group: &str) -> Vec<String> {
+        if !self.pools.contains_key(group) {
+            return if self.programs.contains_key(group) {
+                vec![group.to_string()]
+            } else {
+                Vec::new()
+            };
+        }
+        let mut members: Vec<(u32, String)> = self
+            .programs
+            .values()
+            .filter(|p| p.group == group)
+            .map(|p| (p.instance.unwrap_or(0), p.name().to_string()))
+            .collect();
+        members.sort();
+        members.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Every program name, pools in instance order.
+    fn all_names(&self) -> Vec<String> {
+        let mut names: Vec<(&str, u32, &str)> = self
+            .programs
+            .values()
+            .map(|p| (p.group.as_str(), p.instance.unwrap_or(0), p.name()))
+            .collect();
+        names.sort();
+        names.into_iter().map(|(_, _, n)| n.to_string()).collect()
+    }
+
+    /// Resolves a selection to program names: a program's own name, or a
+    /// pool's name for all its members. Fails with `not_found` naming the
+    /// unknown ones (then nothing is done).
     fn select(&self, select: &NamesParams, empty_means_all: bool) -> Result<Vec<String>, RpcError> {
         if select.all || (empty_means_all && select.names.is_empty()) {
-            return Ok(self.programs.keys().cloned().collect());
+            return Ok(self.all_names());
         }
         if select.names.is_empty() {
             return Err(RpcError::new(
@@ -344,12 +351,23 @@ impl Supervisor {
                 "no program named: give one or more names, or \"all\": true",
             ));
         }
-        let unknown: Vec<&str> = select
-            .names
-            .iter()
-            .filter(|n| !self.programs.contains_key(n.as_str()))
-            .map(String::as_str)
-            .collect();
+        let mut names = Vec::new();
+        let mut unknown = Vec::new();
+        for n in &select.names {
+            let found = if self.programs.contains_key(n) {
+                vec![n.clone()]
+            } else {
+                self.members(n)
+            };
+            if found.is_empty() && !self.pools.contains_key(n) {
+                unknown.push(n.as_str());
+            }
+            for f in found {
+                if !names.contains(&f) {
+                    names.push(f);
+                }
+            }
+        }
         if !unknown.is_empty() {
             let plural = if unknown.len() > 1 { "s" } else { "" };
             return Err(RpcError::new(
@@ -360,13 +378,20 @@ impl Supervisor {
                 ),
             ));
         }
-        let mut names = Vec::new();
-        for n in &select.names {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
         Ok(names)
+    }
+
+    /// Members of `name`'s dependencies that are not `running`.
+    fn unmet_dependencies(&self, name: &str) -> Vec<String> {
+        let Some(p) = self.programs.get(name) else {
+            return Vec::new();
+        };
+        p.cfg
+            .depends_on
+            .iter()
+            .flat_map(|dep| self.members(dep))
+            .filter(|d| self.programs.get(d).is_some_and(|p| p.state() != State::Running))
+            .collect()
     }
 
     fn status(&self, names: &[String]) -> Result<Vec<ProgramStatus>, RpcError> {
@@ -375,11 +400,59 @@ impl Supervisor {
             all: false,
         };
         let names = self.select(&select, true)?;
-        Ok(names.iter().map(|n| self.programs[n].status()).collect())
+        Ok(names
+            .iter()
+            .map(|n| {
+                let p = &self.programs[n];
+                let waiting_for = if p.machine.waiting {
+                    self.unmet_dependencies(n)
+                } else {
+                    Vec::new()
+                };
+                p.status(waiting_for)
+            })
+            .collect())
+    }
+
+    fn remember(&mut self, names: &[String], desired: Desired) {
+        for n in names {
+            self.state.desired.insert(n.clone(), desired);
+        }
+        self.save_state();
+    }
+
+    fn save_state(&self) {
+        if let Some(path) = &self.state_path {
+            if let Err(e) = self.state.save(path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the state file; desired states will not survive a restart of supd");
+            }
+        }
+    }
+
+    /// Starts `name` now, or queues it behind its dependencies (starting
+    /// those that are not up or on their way).
+    fn start_one(&mut self, name: &str) {
+        let unmet = self.unmet_dependencies(name);
+        if unmet.is_empty() {
+            self.feed(name, Input::Start);
+            return;
+        }
+        self.feed(name, Input::Queue);
+        for dep in unmet {
+            let Some(d) = self.programs.get(&dep) else {
+                continue;
+            };
+            if matches!(d.state(), State::Stopped | State::Exited | State::Fatal) {
+                self.start_one(&dep);
+            }
+        }
     }
 
     fn start(&mut self, select: &NamesParams) -> Result<Vec<Pending>, RpcError> {
         let names = self.select(select, false)?;
+        if !self.shutting_down {
+            self.remember(&names, Desired::Started);
+        }
         let mut pending = Vec::new();
         for name in names {
             let (tx, rx) = oneshot::channel();
@@ -410,7 +483,7 @@ impl Supervisor {
                 }
                 _ => {
                     p.start_waiters.push(tx);
-                    self.feed(&name, Input::Start);
+                    self.start_one(&name);
                 }
             }
         }
@@ -419,37 +492,48 @@ impl Supervisor {
 
     fn stop(&mut self, select: &NamesParams, kill: bool) -> Result<Vec<Pending>, RpcError> {
         let names = self.select(select, false)?;
+        self.remember(&names, Desired::Stopped);
         let mut pending = Vec::new();
         for name in names {
             let (tx, rx) = oneshot::channel();
             pending.push(rx);
-            let Some(p) = self.programs.get_mut(&name) else {
-                continue;
-            };
-            let state = p.state();
-            if kill && !state.has_process() {
-                let _ = tx.send(p.failed(
-                    ErrorKind::NotRunning,
-                    format!("{name}: not running ({state}), nothing to kill"),
-                ));
-                continue;
-            }
-            match state {
-                State::Starting | State::Running | State::Stopping => {
-                    p.stop_waiters.push(tx);
-                    self.feed(&name, if kill { Input::Kill } else { Input::Stop });
+            if let Some(p) = self.programs.get_mut(&name) {
+                let state = p.state();
+                if kill && !state.has_process() {
+                    let _ = tx.send(p.failed(
+                        ErrorKind::NotRunning,
+                        format!("{name}: not running ({state}), nothing to kill"),
+                    ));
+                    continue;
                 }
-                State::Backoff => {
-                    p.stop_waiters.push(tx);
-                    self.feed(&name, Input::Stop);
-                }
-                // Stopping what has no process is done already (as `systemctl stop`).
-                State::Stopped | State::Exited | State::Fatal => {
-                    let _ = tx.send(p.outcome());
-                }
+                self.stop_one(&name, kill, Some(tx));
             }
         }
         Ok(pending)
+    }
+
+    /// Stops (or kills) one program; `waiter` hears when it has no process.
+    fn stop_one(&mut self, name: &str, kill: bool, waiter: Option<oneshot::Sender<Outcome>>) {
+        let Some(p) = self.programs.get_mut(name) else {
+            return;
+        };
+        let busy = p.state().has_process() || p.state() == State::Backoff || p.machine.waiting;
+        if !busy {
+            // Stopping what has no process is done already (as `systemctl stop`).
+            if let Some(w) = waiter {
+                let _ = w.send(p.outcome());
+            }
+            return;
+        }
+        if let Some(w) = waiter {
+            p.stop_waiters.push(w);
+        }
+        let input = if kill && p.state().has_process() {
+            Input::Kill
+        } else {
+            Input::Stop
+        };
+        self.feed(name, input);
     }
 
     fn signal(
@@ -491,10 +575,12 @@ impl Supervisor {
 
     fn wait(&mut self, name: &str) -> Result<WaitTicket, RpcError> {
         let Some(p) = self.programs.get_mut(name) else {
-            return Err(RpcError::new(
-                ErrorKind::NotFound,
-                format!("no such program: {name} (supctl status lists them)"),
-            ));
+            let hint = if self.pools.contains_key(name) {
+                format!("{name} is a pool: wait for one member, such as {name}:0")
+            } else {
+                format!("no such program: {name} (supctl status lists them)")
+            };
+            return Err(RpcError::new(ErrorKind::NotFound, hint));
         };
         if p.child.is_some() {
             let (tx, rx) = oneshot::channel();
@@ -518,10 +604,16 @@ impl Supervisor {
         let names = self.select(select, false)?;
         let busy: Vec<String> = names
             .iter()
-            .filter(|n| self.programs[n.as_str()].state().has_process())
+            .filter(|n| {
+                let p = &self.programs[n.as_str()];
+                p.state().has_process() || p.machine.waiting
+            })
             .map(|n| {
                 let p = &self.programs[n.as_str()];
-                format!("{n} is {} (pid {})", p.state(), p.pid().unwrap_or(0))
+                match p.pid() {
+                    Some(pid) => format!("{n} is {} (pid {pid})", p.state()),
+                    None => format!("{n} is {}", p.state()),
+                }
             })
             .collect();
         if !busy.is_empty() {
@@ -532,35 +624,143 @@ impl Supervisor {
         }
         let mut out = Vec::new();
         for name in names {
-            if let Some(mut p) = self.programs.remove(&name) {
-                p.cancel_timer();
-                let removed = p.failed(ErrorKind::NotFound, format!("{name}: removed"));
-                for w in std::mem::take(&mut p.start_waiters) {
-                    let _ = w.send(removed.clone());
-                }
+            if let Some(p) = self.forget(&name) {
                 out.push(p.outcome());
             }
         }
         Ok(out)
     }
 
-    fn shutdown(&mut self) {
-        let names: Vec<String> = self.programs.keys().cloned().collect();
-        let input = if self.shutting_down {
-            tracing::warn!("second shutdown request: sending SIGKILL to every program left");
-            Input::Kill
-        } else {
-            tracing::info!("shutting down: stopping every program");
-            Input::Stop
+    /// Drops a program that has no process.
+    fn forget(&mut self, name: &str) -> Option<Program> {
+        let mut p = self.programs.remove(name)?;
+        p.cancel_timer();
+        let removed = p.failed(ErrorKind::NotFound, format!("{name}: removed"));
+        for w in std::mem::take(&mut p.start_waiters) {
+            let _ = w.send(removed.clone());
+        }
+        for w in std::mem::take(&mut p.stop_waiters) {
+            let _ = w.send(p.outcome());
+        }
+        if self.state.desired.remove(name).is_some() {
+            self.save_state();
+        }
+        Some(p)
+    }
+
+    fn scale(&mut self, pool: &str, instances: u32) -> Result<Vec<Pending>, RpcError> {
+        let Some(base) = self.pools.get(pool).cloned() else {
+            return Err(if self.programs.contains_key(pool) {
+                RpcError::new(
+                    ErrorKind::InvalidParams,
+                    format!("{pool} is not a pool: set instances in [program.{pool}] to make it one"),
+                )
+            } else {
+                RpcError::new(
+                    ErrorKind::NotFound,
+                    format!("no such pool: {pool} (supctl status lists programs)"),
+                )
+            });
         };
+        if instances == 0 || instances > crate::config::MAX_INSTANCES {
+            return Err(RpcError::new(
+                ErrorKind::InvalidParams,
+                format!(
+                    "a pool has from 1 to {} instances, not {instances}",
+                    crate::config::MAX_INSTANCES
+                ),
+            ));
+        }
+        if self.shutting_down {
+            return Err(RpcError::new(
+                ErrorKind::ShuttingDown,
+                "supd is shutting down and starts nothing",
+            ));
+        }
+        self.state.scale.insert(pool.to_string(), instances);
+        self.save_state();
+        let mut pending = Vec::new();
+        // Grow: every missing index below the new size, started.
+        for i in 0..instances {
+            let name = member_name(pool, i);
+            if self.programs.contains_key(&name) {
+                continue;
+            }
+            let mut p = Program::new(member_config(&base, i), pool, Some(i));
+            let (tx, rx) = oneshot::channel();
+            p.start_waiters.push(tx);
+            pending.push(rx);
+            self.programs.insert(name.clone(), p);
+            self.start_one(&name);
+        }
+        // Shrink: the highest-numbered first.
+        let mut extra: Vec<(u32, String)> = self
+            .programs
+            .values()
+            .filter(|p| p.group == pool && p.instance.is_some_and(|i| i >= instances))
+            .map(|p| (p.instance.unwrap_or(0), p.name().to_string()))
+            .collect();
+        extra.sort_by(|a, b| b.cmp(a));
+        for (_, name) in extra {
+            let (tx, rx) = oneshot::channel();
+            pending.push(rx);
+            let Some(p) = self.programs.get_mut(&name) else {
+                continue;
+            };
+            if p.state().has_process() || p.state() == State::Backoff || p.machine.waiting {
+                p.remove_when_stopped = true;
+                self.stop_one(&name, false, Some(tx));
+            } else if let Some(p) = self.forget(&name) {
+                let _ = tx.send(p.outcome());
+            }
+        }
+        Ok(pending)
+    }
+
+    fn shutdown(&mut self) {
+        if self.shutting_down {
+            tracing::warn!("second shutdown request: sending SIGKILL to every program left");
+            let names: Vec<String> = self.programs.keys().cloned().collect();
+            for name in names {
+                self.stop_one(&name, true, None);
+            }
+            return;
+        }
+        tracing::info!("shutting down: stopping every program, dependents first");
         self.shutting_down = true;
-        for name in names {
-            self.feed(&name, input);
+        self.shutdown_step();
+    }
+
+    /// Asks to stop each program that is still up and that no running
+    /// program depends on; called again as programs stop.
+    fn shutdown_step(&mut self) {
+        let ready: Vec<String> = self
+            .programs
+            .values()
+            .filter(|p| !p.shutdown_sent)
+            .filter(|p| {
+                self.dependents.get(&p.group).is_none_or(|deps| {
+                    deps.iter().all(|d| {
+                        self.members(d).iter().all(|m| {
+                            self.programs
+                                .get(m)
+                                .is_none_or(|q| !q.state().has_process() && !q.machine.waiting)
+                        })
+                    })
+                })
+            })
+            .map(|p| p.name().to_string())
+            .collect();
+        for name in ready {
+            if let Some(p) = self.programs.get_mut(&name) {
+                p.shutdown_sent = true;
+            }
+            self.stop_one(&name, false, None);
         }
     }
 
     fn timer(&mut self, name: &str, generation: u64) {
-        let Some(p) = self.programs.get(name) else {
+        let Some(p) = self.programs.get_mut(name) else {
             return;
         };
         if p.timer_generation != generation {
@@ -572,9 +772,8 @@ impl Supervisor {
             State::Backoff if !self.shutting_down => Input::Retry,
             _ => return,
         };
-        if let Some(p) = self.programs.get_mut(name) {
-            p.timer = None;
-        }
+        p.timer = None;
+        p.retry_at = None;
         self.feed(name, input);
     }
 
@@ -600,7 +799,11 @@ impl Supervisor {
                 .take()
                 .map(|c| c.started.elapsed())
                 .unwrap_or_default();
-            let last = LastExit { status, pid };
+            let last = LastExit {
+                status,
+                pid,
+                at: SystemTime::now(),
+            };
             p.last_exit = Some(last);
             tracing::info!(program = %name, pid, %status, "exited");
             for w in p.exit_waiters.drain(..) {
@@ -616,6 +819,68 @@ impl Supervisor {
         (bits >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Carries out the consequences of the transitions so far, until none
+    /// is left: events, dependency releases and failures, shutdown order,
+    /// pool members to forget.
+    fn settle(&mut self) {
+        while let Some((name, to)) = self.transitions.pop_front() {
+            match to {
+                State::Running => self.release_waiting(),
+                State::Fatal => self.fail_waiting(&name),
+                State::Stopped => {
+                    if self.programs.get(&name).is_some_and(|p| p.remove_when_stopped) {
+                        self.forget(&name);
+                    }
+                }
+                _ => {}
+            }
+            if self.shutting_down {
+                self.shutdown_step();
+            }
+        }
+    }
+
+    /// Spawns the queued starts whose dependencies are all `running` now.
+    fn release_waiting(&mut self) {
+        if self.waiting == 0 || self.shutting_down {
+            return;
+        }
+        let ready: Vec<String> = self
+            .programs
+            .values()
+            .filter(|p| p.machine.waiting)
+            .map(|p| p.name().to_string())
+            .filter(|n| self.unmet_dependencies(n).is_empty())
+            .collect();
+        for name in ready {
+            self.feed(&name, Input::DepsReady);
+        }
+    }
+
+    /// Fails the queued starts that wait for `fatal_name`.
+    fn fail_waiting(&mut self, fatal_name: &str) {
+        if self.waiting == 0 {
+            return;
+        }
+        let Some(group) = self.programs.get(fatal_name).map(|p| p.group.clone()) else {
+            return;
+        };
+        let failed: Vec<String> = self
+            .programs
+            .values()
+            .filter(|p| p.machine.waiting && p.cfg.depends_on.contains(&group))
+            .map(|p| p.name().to_string())
+            .collect();
+        for name in failed {
+            if let Some(p) = self.programs.get_mut(&name) {
+                p.error = Some(format!(
+                    "its dependency {fatal_name} is fatal, so it was not started"
+                ));
+            }
+            self.feed(&name, Input::DepFailed);
+        }
+    }
+
     /// Feeds `input` to a program's machine and carries out the actions,
     /// including the inputs they produce in turn (a spawn's result).
     fn feed(&mut self, name: &str, input: Input) {
@@ -626,6 +891,7 @@ impl Supervisor {
                 return;
             };
             let from = p.state();
+            let was_waiting = p.machine.waiting;
             let actions = p.machine.step(input, &p.cfg);
             if input == Input::Retry && p.state() == State::Starting {
                 p.restarts += 1;
@@ -651,6 +917,7 @@ impl Supervisor {
                     Action::ArmRetry { step } => {
                         let delay = backoff_delay(&p.cfg, step, jitter);
                         p.arm_timer(delay, &self.tx);
+                        p.retry_at = Some(Instant::now() + delay);
                     }
                     Action::CancelTimer => p.cancel_timer(),
                     Action::SendStopSignal => {
@@ -666,21 +933,43 @@ impl Supervisor {
                     }
                 }
             }
-            let to = p.state();
-            if from != to {
-                p.since = SystemTime::now();
-                if to == State::Fatal && p.error.is_none() {
-                    let how = p
-                        .last_exit
-                        .map_or_else(|| "exited".to_string(), |l| l.status.to_string());
-                    p.error = Some(format!(
-                        "{how} within start_secs ({:?}) on every try; gave up after {} retries",
-                        p.cfg.start_secs, p.machine.retries
-                    ));
-                }
-                tracing::debug!(program = %name, %from, %to, "state");
-                settle_waiters(p, to);
+            match (was_waiting, p.machine.waiting) {
+                (false, true) => self.waiting += 1,
+                (true, false) => self.waiting -= 1,
+                _ => {}
             }
+            let to = p.state();
+            if from == to {
+                continue;
+            }
+            p.since = SystemTime::now();
+            if to == State::Fatal && p.error.is_none() {
+                let how = p
+                    .last_exit
+                    .map_or_else(|| "exited".to_string(), |l| l.status.to_string());
+                p.error = Some(format!(
+                    "{how} within start_secs ({:?}) on every try; gave up after {} retries",
+                    p.cfg.start_secs, p.machine.retries
+                ));
+            }
+            tracing::debug!(program = %name, %from, %to, "state");
+            let ended = match input {
+                Input::Exited { .. } => p.last_exit,
+                _ => None,
+            };
+            let _ = self.events.send(Event {
+                name: name.to_string(),
+                from,
+                to,
+                pid: p.pid().or(ended.map(|l| l.pid)),
+                returncode: ended.map(|l| l.status.returncode()),
+                exit_code: ended.and_then(|l| l.status.code),
+                signal: ended.and_then(|l| l.status.signal_name()),
+                escalated: p.machine.escalated && ended.is_some(),
+                time: rfc3339(p.since),
+            });
+            settle_waiters(p, to);
+            self.transitions.push_back((name.to_string(), to));
         }
     }
 }
@@ -696,25 +985,26 @@ fn send_group(name: &str, pid: u32, sig: i32) {
 /// Answers the `start` and `stop` waiters that the new state settles.
 fn settle_waiters(p: &mut Program, to: State) {
     let outcome = p.outcome();
+    let name = p.name().to_string();
     let start_answer = match to {
         State::Running => Some(outcome.clone()),
         State::Fatal => Some(p.failed(
             ErrorKind::Spawn,
             match &p.error {
-                Some(e) => format!("{}: {e}", p.cfg.name),
-                None => format!("{}: could not be started", p.cfg.name),
+                Some(e) => format!("{name}: {e}"),
+                None => format!("{name}: could not be started"),
             },
         )),
         State::Exited => Some(match p.last_exit {
             Some(last) if !machine::is_success(&p.cfg, &last.status) => p.failed(
                 ErrorKind::Spawn,
-                format!("{}: {} within start_secs", p.cfg.name, last.status),
+                format!("{name}: {} within start_secs", last.status),
             ),
             _ => outcome.clone(),
         }),
         State::Stopped => Some(p.failed(
             ErrorKind::NotRunning,
-            format!("{}: stopped before it was running", p.cfg.name),
+            format!("{name}: stopped before it was running"),
         )),
         _ => None,
     };
@@ -729,16 +1019,5 @@ fn settle_waiters(p: &mut Program, to: State) {
         for w in std::mem::take(&mut p.stop_waiters) {
             let _ = w.send(outcome.clone());
         }
-    }
-}
-
-fn wait_result(name: &str, last: LastExit) -> WaitResult {
-    WaitResult {
-        name: name.to_string(),
-        pid: Some(last.pid),
-        returncode: last.status.returncode(),
-        exit_code: last.status.code,
-        signal: last.status.signal_name(),
-        core_dumped: last.status.core_dumped,
     }
 }
