@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
     ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, StatusResult, VersionResult,
-    WaitResult,
+
 };
 
 /// supctl: control a running supd.
@@ -412,16 +412,8 @@ fn out_line(text: &str) -> bool {
 }
 
 fn wait(client: &mut Client, name: &str, timeout: Option<f64>, json_out: bool) -> Result<u8, Failure> {
-    client.call("wait", json!({ "name": name, "timeout": timeout }))?;
-    let Some(n) = client.next_notification()? else {
-        return Err(Failure::Message(
-            "supd closed the connection before the run ended".into(),
-            1,
-        ));
-    };
-    match n.method.as_str() {
-        "wait.exited" => {
-            let result: WaitResult = decode(n.params)?;
+    match client.wait(name, timeout) {
+        Ok(result) => {
             if json_out {
                 print_json(&result);
             } else {
@@ -434,13 +426,9 @@ fn wait(client: &mut Client, name: &str, timeout: Option<f64>, json_out: bool) -
             }
             Ok(result.shell_status().clamp(0, 255) as u8)
         }
-        "wait.timeout" => {
-            let e: sup::protocol::RpcError = decode(n.params)?;
+        Err(ClientError::Rpc(e)) if e.kind() == ErrorKind::Timeout => {
             Err(Failure::Message(e.message, 124))
         }
-        _ => {
-            let e: sup::protocol::RpcError = decode(n.params)?;
-            Err(Failure::Message(e.message, 1))
-        }
+        Err(e) => Err(e.into()),
     }
 }

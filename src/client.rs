@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::protocol::{MAX_LINE, Notification, Request, Response, RpcError};
+use crate::protocol::{MAX_LINE, Notification, Request, Response, RpcError, WaitResult};
 
 /// The socket used when none is given: `$XDG_RUNTIME_DIR/supd.sock` for a
 /// user, `/run/supd/supd.sock` for root (the `RuntimeDirectory=` of the
@@ -140,6 +140,23 @@ impl Client {
             return Err(ClientError::Protocol("an answer longer than 1 MiB".into()));
         }
         Ok(Some(line))
+    }
+
+    /// `wait`: `Process.join(timeout)`. Sends the request, then reads the one
+    /// notification that ends it.
+    ///
+    /// # Errors
+    /// [`ClientError::Rpc`] with kind `timeout` when `timeout` (seconds)
+    /// passed first, or the request's own error (`not_found`, `not_running`).
+    pub fn wait(&mut self, name: &str, timeout: Option<f64>) -> Result<WaitResult, ClientError> {
+        self.call("wait", serde_json::json!({ "name": name, "timeout": timeout }))?;
+        let n = self.next_notification()?.ok_or(ClientError::Closed)?;
+        let protocol = |e: serde_json::Error| ClientError::Protocol(e.to_string());
+        if n.method == "wait.exited" {
+            serde_json::from_value(n.params).map_err(protocol)
+        } else {
+            Err(ClientError::Rpc(serde_json::from_value(n.params).map_err(protocol)?))
+        }
     }
 
     /// Reads the next notification on a streaming connection; `None` when

@@ -12,9 +12,11 @@
 //!   [`FIRST_REQUEST_TIMEOUT`] of silence before the first request. `accept`
 //!   failing with EMFILE backs off instead of spinning.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,13 +25,13 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
-use crate::protocol::framing::{Frame, read_frame, write_message};
+use crate::protocol::framing::{Frame, FrameReader, write_message};
 use crate::protocol::{
     ErrorKind, Event, MAX_LINE, NamesParams, Notification, PROTOCOL_VERSION, ProgramsResult,
     Response, RpcError, ScaleParams, SignalParams, StatusResult, VersionResult, WaitParams,
@@ -259,13 +261,90 @@ enum Reply {
     Stream(Value, Follow),
 }
 
+/// The read side of a connection, read ahead while a request is served so
+/// that a client hanging up is noticed (and its request abandoned) while
+/// pipelined requests are kept for later.
+struct ReadAhead {
+    frames: FrameReader<BufReader<OwnedReadHalf>>,
+    queued: VecDeque<Frame>,
+    queued_bytes: usize,
+    /// The client has closed its side (fully, or only for writing).
+    eof: bool,
+}
+
+impl ReadAhead {
+    /// The next request: a read-ahead one first. `None` at end of stream.
+    async fn next(&mut self) -> io::Result<Option<Frame>> {
+        if let Some(frame) = self.queued.pop_front() {
+            if let Frame::Line(line) = &frame {
+                self.queued_bytes -= line.len();
+            }
+            return Ok(Some(frame));
+        }
+        if self.eof {
+            return Ok(None);
+        }
+        let frame = self.frames.next().await?;
+        self.eof = frame.is_none();
+        Ok(frame)
+    }
+
+    /// Runs `work` to completion while reading ahead. Returns `None` when
+    /// the client hung up completely meanwhile: the answer has no reader, so
+    /// the work (a `wait`, say) is abandoned; what it set in motion goes on.
+    /// A client that only shut down its writing side still gets its answer.
+    async fn run_while<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let room = self.queued_bytes < MAX_LINE && self.queued.len() < 64;
+            tokio::select! {
+                out = &mut work => return Some(out),
+                frame = self.frames.next(), if !self.eof && room => match frame {
+                    Ok(Some(frame)) => {
+                        if let Frame::Line(line) = &frame {
+                            self.queued_bytes += line.len();
+                        }
+                        self.queued.push_back(frame);
+                    }
+                    Ok(None) => {
+                        self.eof = true;
+                        if hung_up(self.frames.get_ref().get_ref().as_ref()) {
+                            return None;
+                        }
+                    }
+                    Err(_) => return None,
+                },
+            }
+        }
+    }
+}
+
+/// Whether the peer closed the connection completely (POLLHUP), as opposed
+/// to shutting down only its writing side (then it still reads answers).
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor we own; a zero timeout
+    // returns at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 async fn connection(
     stream: UnixStream,
     handle: Handle,
     mut closing: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let mut input = ReadAhead {
+        frames: FrameReader::new(BufReader::new(reader), MAX_LINE),
+        queued: VecDeque::new(),
+        queued_bytes: 0,
+        eof: false,
+    };
     let mut first = true;
     loop {
         let limit = if first {
@@ -274,7 +353,7 @@ async fn connection(
             Duration::from_secs(u64::MAX / 4)
         };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(limit, read_frame(&mut reader, MAX_LINE)) => match frame {
+            frame = tokio::time::timeout(limit, input.next()) => match frame {
                 Ok(frame) => frame?,
                 Err(_) => return Ok(()),
             },
@@ -297,23 +376,7 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let answer = {
-            let work = answer(&line, &handle);
-            tokio::pin!(work);
-            let mut watching = true;
-            loop {
-                tokio::select! {
-                    answer = &mut work => break Some(answer),
-                    // A client that hangs up mid-request is not waited for;
-                    // what it asked for still happens.
-                    gone = client_gone(&mut reader), if watching => {
-                        if gone { break None; }
-                        watching = false;
-                    }
-                }
-            }
-        };
-        let follow = match answer {
+        let follow = match input.run_while(answer(&line, &handle)).await {
             None => return Ok(()),
             Some(None) => continue, // a notification: no answer
             Some(Some((response, follow))) => {
@@ -323,16 +386,23 @@ async fn connection(
         };
         match follow {
             Follow::Nothing => {}
-            Follow::Events(rx) => return stream_events(rx, &mut reader, &mut writer).await,
+            Follow::Events(rx) => {
+                return input
+                    .run_while(stream_events(rx, &mut writer))
+                    .await
+                    .unwrap_or(Ok(()));
+            }
             Follow::Wait {
                 name,
                 ticket,
                 timeout,
-            } => {
-                if !finish_wait(name, ticket, timeout, &mut reader, &mut writer).await? {
-                    return Ok(());
-                }
-            }
+            } => match input
+                .run_while(finish_wait(name, ticket, timeout, &mut writer))
+                .await
+            {
+                None => return Ok(()),
+                Some(result) => result?,
+            },
         }
     }
 }
@@ -365,81 +435,50 @@ async fn notify<W: tokio::io::AsyncWrite + Unpin>(
 /// events behind (then it is dropped; the daemon never waits for it).
 async fn stream_events(
     mut rx: broadcast::Receiver<Event>,
-    reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
 ) -> io::Result<()> {
-    let mut watching = true;
     loop {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Ok(event) => notify(writer, "event", &event).await?,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "dropping an events subscriber that does not keep up");
-                    return Ok(());
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            },
-            gone = client_gone(reader), if watching => {
-                if gone { return Ok(()); }
-                // Requests on an events connection are not read.
-                watching = false;
+        match rx.recv().await {
+            Ok(event) => notify(writer, "event", &event).await?,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "dropping an events subscriber that does not keep up");
+                return Ok(());
             }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
     }
 }
 
 /// Sends the one notification a `wait` promised: `wait.exited` with a
-/// [`crate::protocol::WaitResult`], or `wait.timeout`. Returns `false` when
-/// the client hung up meanwhile.
+/// [`crate::protocol::WaitResult`], `wait.timeout`, or `wait.error`.
 async fn finish_wait(
     name: String,
     ticket: WaitTicket,
     timeout: Option<Duration>,
-    reader: &mut BufReader<OwnedReadHalf>,
     writer: &mut OwnedWriteHalf,
-) -> io::Result<bool> {
+) -> io::Result<()> {
     let rx = match ticket {
-        WaitTicket::Done(result) => {
-            notify(writer, "wait.exited", &result).await?;
-            return Ok(true);
-        }
+        WaitTicket::Done(result) => return notify(writer, "wait.exited", &result).await,
         WaitTicket::Pending(rx) => rx,
     };
     let limit = timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
-    let ended = tokio::time::timeout(limit, rx);
-    tokio::pin!(ended);
-    let mut watching = true;
-    loop {
-        tokio::select! {
-            ended = &mut ended => {
-                match ended {
-                    Ok(Ok(result)) => notify(writer, "wait.exited", &result).await?,
-                    Ok(Err(_)) => {
-                        let error = RpcError::new(ErrorKind::ShuttingDown, format!("{name}: supd went away before the run ended"));
-                        notify(writer, "wait.error", &error).await?;
-                    }
-                    Err(_) => {
-                        let secs = limit.as_secs_f64();
-                        let error = RpcError::new(ErrorKind::Timeout, format!("{name}: still running after {secs}s (it keeps running)"));
-                        notify(writer, "wait.timeout", &error).await?;
-                    }
-                }
-                return Ok(true);
-            }
-            gone = client_gone(reader), if watching => {
-                if gone { return Ok(false); }
-                watching = false;
-            }
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(result)) => notify(writer, "wait.exited", &result).await,
+        Ok(Err(_)) => {
+            let error = RpcError::new(
+                ErrorKind::ShuttingDown,
+                format!("{name}: supd went away before the run ended"),
+            );
+            notify(writer, "wait.error", &error).await
         }
-    }
-}
-
-/// Completes with `true` at end of stream, `false` when more data is
-/// waiting (a pipelined request, left in the buffer).
-async fn client_gone(reader: &mut BufReader<OwnedReadHalf>) -> bool {
-    match reader.fill_buf().await {
-        Ok(bytes) => bytes.is_empty(),
-        Err(_) => true,
+        Err(_) => {
+            let secs = limit.as_secs_f64();
+            let error = RpcError::new(
+                ErrorKind::Timeout,
+                format!("{name}: still running after {secs}s (it keeps running)"),
+            );
+            notify(writer, "wait.timeout", &error).await
+        }
     }
 }
 
@@ -458,7 +497,11 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
         }
     };
     let id = value.get("id").cloned();
-    let reply_id = id.clone().unwrap_or(Value::Null);
+    // Only a string, a number or null may be echoed (JSON-RPC 2.0 §5).
+    let reply_id = match &id {
+        Some(v @ (Value::Number(_) | Value::String(_))) => v.clone(),
+        _ => Value::Null,
+    };
     let invalid = |message: &str| {
         Some((
             Response::err(

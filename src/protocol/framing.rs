@@ -16,44 +16,76 @@ pub enum Frame {
     TooLong,
 }
 
-/// Reads the next line of at most `max` bytes (the `\n` counts). Returns
-/// `Ok(None)` at end of stream; a last line without `\n` still counts.
-pub async fn read_frame<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
+/// Reads lines of at most `max` bytes (the `\n` counts) from a buffered
+/// reader. [`FrameReader::next`] is cancel-safe: a line read in part when
+/// the future is dropped is kept and completed by the next call, so a
+/// connection can wait for its next request inside `select!`.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    reader: R,
     max: usize,
-) -> io::Result<Option<Frame>> {
-    let mut line = Vec::new();
-    let mut too_long = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(match (too_long, line.is_empty()) {
-                (true, _) => Some(Frame::TooLong),
-                (false, true) => None,
-                (false, false) => Some(Frame::Line(line)),
-            });
+    line: Vec<u8>,
+    too_long: bool,
+}
+
+impl<R: AsyncBufRead + Unpin> FrameReader<R> {
+    /// Wraps `reader`.
+    pub fn new(reader: R, max: usize) -> Self {
+        FrameReader {
+            reader,
+            max,
+            line: Vec::new(),
+            too_long: false,
         }
-        let (chunk, done) = match memchr_newline(available) {
-            Some(i) => (&available[..i], i + 1),
-            None => (available, available.len()),
-        };
-        let ended = done > chunk.len();
-        if !too_long {
-            if line.len() + chunk.len() + usize::from(ended) > max {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
+    }
+
+    /// The next line; `Ok(None)` at end of stream. A last line without `\n`
+    /// still counts.
+    ///
+    /// # Errors
+    /// The reader's I/O errors.
+    pub async fn next(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            // The only await: everything after it runs to completion, so
+            // dropping this future loses no byte.
+            let available = self.reader.fill_buf().await?;
+            if available.is_empty() {
+                let line = std::mem::take(&mut self.line);
+                let too_long = std::mem::replace(&mut self.too_long, false);
+                return Ok(match (too_long, line.is_empty()) {
+                    (true, _) => Some(Frame::TooLong),
+                    (false, true) => None,
+                    (false, false) => Some(Frame::Line(line)),
+                });
+            }
+            let (chunk, done) = match memchr_newline(available) {
+                Some(i) => (&available[..i], i + 1),
+                None => (available, available.len()),
+            };
+            let ended = done > chunk.len();
+            if !self.too_long {
+                if self.line.len() + chunk.len() + usize::from(ended) > self.max {
+                    self.too_long = true;
+                    self.line = Vec::new();
+                } else {
+                    self.line.extend_from_slice(chunk);
+                }
+            }
+            self.reader.consume(done);
+            if ended {
+                let line = std::mem::take(&mut self.line);
+                return Ok(Some(if std::mem::replace(&mut self.too_long, false) {
+                    Frame::TooLong
+                } else {
+                    Frame::Line(line)
+                }));
             }
         }
-        reader.consume(done);
-        if ended {
-            return Ok(Some(if too_long {
-                Frame::TooLong
-            } else {
-                Frame::Line(line)
-            }));
-        }
+    }
+
+    /// The wrapped reader.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
     }
 }
 
@@ -82,9 +114,10 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             // A tiny buffer so that lines straddle many fill_buf calls.
-            let mut reader = tokio::io::BufReader::with_capacity(3, input);
+            let reader = tokio::io::BufReader::with_capacity(3, input);
+            let mut frames = FrameReader::new(reader, max);
             let mut out = Vec::new();
-            while let Some(frame) = read_frame(&mut reader, max).await.expect("read") {
+            while let Some(frame) = frames.next().await.expect("read") {
                 out.push(frame);
             }
             out

@@ -651,7 +651,10 @@ fn wait_timeout_exits_124_and_leaves_the_program_running() {
     assert_eq!(s.state.as_str(), "running");
     assert_eq!(s.pid, Some(pid), "the program must keep running");
     assert!(alive(pid));
-    let e = rpc_error(&supd, "wait", json!({ "name": "p", "timeout": 0.05 }));
+    let e = match supd.client().wait("p", Some(0.05)) {
+        Err(ClientError::Rpc(e)) => e,
+        other => panic!("expected a timeout, got {other:?}"),
+    };
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e:?}");
     assert_eq!(supd.status("p").pid, Some(pid));
 }
@@ -665,7 +668,7 @@ fn many_concurrent_waiters_all_get_the_result() {
     let client = supd.client();
     let rpc = std::thread::spawn(move || {
         let mut client = client;
-        client.call("wait", json!({ "name": "job" }))
+        client.wait("job", None)
     });
     for w in &mut waiters {
         assert!(w.still_running(), "a waiter returned while job runs");
@@ -678,7 +681,8 @@ fn many_concurrent_waiters_all_get_the_result() {
     poll("the protocol waiter", DEADLINE, || {
         rpc.is_finished().then_some(())
     });
-    let v = rpc.join().expect("thread").expect("wait answer");
+    let v = serde_json::to_value(rpc.join().expect("thread").expect("wait answer"))
+        .expect("to JSON");
     assert_eq!(v["returncode"], 7, "{v}");
     assert_eq!(v["exit_code"], 7, "{v}");
     assert_eq!(v["name"], "job", "{v}");
