@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
     ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, StatusResult, VersionResult,
-
 };
 
 /// supctl: control a running supd.
@@ -28,7 +27,13 @@ use sup::protocol::{
 )]
 struct Cli {
     /// The control socket of the supd to talk to.
-    #[arg(long, short = 's', global = true, env = "SUPD_SOCKET", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        env = "SUPD_SOCKET",
+        value_name = "PATH"
+    )]
     socket: Option<PathBuf>,
 
     /// Machine output: one JSON document (one object a line for streams).
@@ -160,7 +165,9 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
         Verb::Stop(sel) => programs(&mut client, "stop", sel.params(), json_out),
         Verb::Restart(sel) => programs(&mut client, "restart", sel.params(), json_out),
         Verb::Kill(sel) => programs(&mut client, "kill", sel.params(), json_out),
-        Verb::Remove { names } => programs(&mut client, "remove", json!({ "names": names }), json_out),
+        Verb::Remove { names } => {
+            programs(&mut client, "remove", json!({ "names": names }), json_out)
+        }
         Verb::Signal {
             name,
             signal,
@@ -369,7 +376,9 @@ fn programs(client: &mut Client, verb: &str, params: Value, json_out: bool) -> R
 fn parse_secs(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{text:?} is not a number of seconds from 0 up, such as 2.5")),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 up, such as 2.5"
+        )),
     }
 }
 
@@ -408,10 +417,17 @@ fn events(client: &mut Client, json_out: bool) -> Result<u8, Failure> {
 /// Prints a line and flushes it; `false` once stdout is gone (a closed pipe).
 fn out_line(text: &str) -> bool {
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_ok()
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .is_ok()
 }
 
-fn wait(client: &mut Client, name: &str, timeout: Option<f64>, json_out: bool) -> Result<u8, Failure> {
+fn wait(
+    client: &mut Client,
+    name: &str,
+    timeout: Option<f64>,
+    json_out: bool,
+) -> Result<u8, Failure> {
     match client.wait(name, timeout) {
         Ok(result) => {
             if json_out {

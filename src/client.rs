@@ -28,7 +28,9 @@ pub fn default_socket_path() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listens there.
-    #[error("cannot connect to supd at {path}: {source} (is supd running? pass --socket or set SUPD_SOCKET)")]
+    #[error(
+        "cannot connect to supd at {path}: {source} (is supd running? pass --socket or set SUPD_SOCKET)"
+    )]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -97,15 +99,16 @@ impl Client {
         let id = self.next_id;
         self.next_id += 1;
         let request = Request::new(id, method, params);
-        let mut line = serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_vec(&request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
         loop {
             let Some(line) = self.read_line()? else {
                 return Err(ClientError::Closed);
             };
-            let value: Value = serde_json::from_slice(&line)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let value: Value =
+                serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
             if value.get("id").is_none() && value.get("method").is_some() {
                 if let Ok(n) = serde_json::from_value::<Notification>(value) {
                     on_notification(n);
@@ -117,7 +120,9 @@ impl Client {
             return match (response.result, response.error) {
                 (_, Some(error)) => Err(ClientError::Rpc(error)),
                 (Some(result), None) => Ok(result),
-                (None, None) => Err(ClientError::Protocol("an answer with neither result nor error".into())),
+                (None, None) => Err(ClientError::Protocol(
+                    "an answer with neither result nor error".into(),
+                )),
             };
         }
     }
@@ -149,13 +154,18 @@ impl Client {
     /// [`ClientError::Rpc`] with kind `timeout` when `timeout` (seconds)
     /// passed first, or the request's own error (`not_found`, `not_running`).
     pub fn wait(&mut self, name: &str, timeout: Option<f64>) -> Result<WaitResult, ClientError> {
-        self.call("wait", serde_json::json!({ "name": name, "timeout": timeout }))?;
+        self.call(
+            "wait",
+            serde_json::json!({ "name": name, "timeout": timeout }),
+        )?;
         let n = self.next_notification()?.ok_or(ClientError::Closed)?;
         let protocol = |e: serde_json::Error| ClientError::Protocol(e.to_string());
         if n.method == "wait.exited" {
             serde_json::from_value(n.params).map_err(protocol)
         } else {
-            Err(ClientError::Rpc(serde_json::from_value(n.params).map_err(protocol)?))
+            Err(ClientError::Rpc(
+                serde_json::from_value(n.params).map_err(protocol)?,
+            ))
         }
     }
 

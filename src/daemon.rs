@@ -89,16 +89,17 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
         })?;
     let path = socket_path(&opts);
     let socket = ControlSocket::bind(&path)?;
-    let listener = tokio::net::UnixListener::from_std(socket.listener.try_clone().map_err(
-        |source| DaemonError::Setup {
+    let listener =
+        tokio::net::UnixListener::from_std(socket.listener.try_clone().map_err(|source| {
+            DaemonError::Setup {
+                what: "registering the control socket",
+                source,
+            }
+        })?)
+        .map_err(|source| DaemonError::Setup {
             what: "registering the control socket",
             source,
-        },
-    )?)
-    .map_err(|source| DaemonError::Setup {
-        what: "registering the control socket",
-        source,
-    })?;
+        })?;
 
     let state_dir = crate::state::state_dir(opts.config.supd.state_dir.as_deref(), &path);
     let state_path = state_dir.join(crate::state::FILE_NAME);

@@ -12,7 +12,12 @@ use sup::config::Config;
 #[command(version, about, long_about = None, after_help = "Examples:\n  supd --config config/example.toml\n  supd --check-config /etc/sup/supd.toml")]
 struct Args {
     /// The configuration file (TOML) to run.
-    #[arg(long, short = 'c', value_name = "PATH", required_unless_present = "check_config")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "PATH",
+        required_unless_present = "check_config"
+    )]
     config: Option<PathBuf>,
 
     /// The control socket, over the config's [supd] socket and the default

@@ -52,7 +52,9 @@ pub enum BindError {
     #[error("another supd is running on {0} (stop it first, or choose another --socket)")]
     InUse(PathBuf),
     /// Something that is not a socket is in the way.
-    #[error("{0} exists and is not a socket; refusing to replace it (remove it, or choose another --socket)")]
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it (remove it, or choose another --socket)"
+    )]
     NotASocket(PathBuf),
     /// Any other system error, with the path it concerned.
     #[error("{path}: {source}")]
@@ -106,16 +108,17 @@ impl ControlSocket {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                BindError::InUse(path.to_path_buf())
-            } else {
-                BindError::Io {
-                    path: lock_path.clone(),
-                    source: errno.into(),
+        let lock =
+            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                if errno == nix::errno::Errno::EWOULDBLOCK {
+                    BindError::InUse(path.to_path_buf())
+                } else {
+                    BindError::Io {
+                        path: lock_path.clone(),
+                        source: errno.into(),
+                    }
                 }
-            }
-        })?;
+            })?;
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 tracing::info!(path = %path.display(), "replacing a stale socket left by a dead supd");
@@ -195,7 +198,9 @@ pub async fn serve(
                 &stream,
                 RpcError::new(
                     ErrorKind::PermissionDenied,
-                    format!("uid {uid} may not control this supd (add it to allow_users in [supd])"),
+                    format!(
+                        "uid {uid} may not control this supd (add it to allow_users in [supd])"
+                    ),
                 ),
             );
             continue;
@@ -441,7 +446,10 @@ async fn stream_events(
         match rx.recv().await {
             Ok(event) => notify(writer, "event", &event).await?,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "dropping an events subscriber that does not keep up");
+                tracing::warn!(
+                    missed,
+                    "dropping an events subscriber that does not keep up"
+                );
                 return Ok(());
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
@@ -459,7 +467,7 @@ async fn finish_wait(
 ) -> io::Result<()> {
     let rx = match ticket {
         WaitTicket::Done(result) => return notify(writer, "wait.exited", &result).await,
-        WaitTicket::Pending(rx) => rx,
+        WaitTicket::Pending(_, rx) => rx,
     };
     let limit = timeout.unwrap_or(Duration::from_secs(u64::MAX / 4));
     match tokio::time::timeout(limit, rx).await {
@@ -517,7 +525,10 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return invalid("a request must have \"jsonrpc\": \"2.0\"");
     }
-    if !matches!(id, None | Some(Value::Number(_) | Value::String(_) | Value::Null)) {
+    if !matches!(
+        id,
+        None | Some(Value::Number(_) | Value::String(_) | Value::Null)
+    ) {
         return invalid("\"id\" must be a number, a string or null");
     }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
@@ -542,7 +553,10 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
     })
 }
 
-fn params<T: DeserializeOwned + Default>(method: &str, params: Option<Value>) -> Result<T, RpcError> {
+fn params<T: DeserializeOwned + Default>(
+    method: &str,
+    params: Option<Value>,
+) -> Result<T, RpcError> {
     match params {
         None => Ok(T::default()),
         Some(p) => required(method, Some(p)),
@@ -571,13 +585,18 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
         "events" => {
             let _: NamesParams = params(method, p)?;
             let rx = handle.subscribe().await?;
-            Ok(Reply::Stream(json!({ "subscribed": true }), Follow::Events(rx)))
+            Ok(Reply::Stream(
+                json!({ "subscribed": true }),
+                Follow::Events(rx),
+            ))
         }
         "wait" => {
             let wp: WaitParams = required(method, p)?;
             let timeout = match wp.timeout {
                 None => None,
-                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => Some(Duration::from_secs_f64(t)),
+                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => {
+                    Some(Duration::from_secs_f64(t))
+                }
                 Some(t) => {
                     return Err(RpcError::new(
                         ErrorKind::InvalidParams,
@@ -588,16 +607,27 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
             let ticket = handle.wait(wp.name.clone()).await?;
             let (pid, running) = match &ticket {
                 WaitTicket::Done(r) => (r.pid, false),
-                WaitTicket::Pending(_) => (None, true),
+                WaitTicket::Pending(pid, _) => (*pid, true),
             };
             let answer = json!({ "name": wp.name, "running": running, "pid": pid });
-            Ok(Reply::Stream(answer, Follow::Wait { name: wp.name, ticket, timeout }))
+            Ok(Reply::Stream(
+                answer,
+                Follow::Wait {
+                    name: wp.name,
+                    ticket,
+                    timeout,
+                },
+            ))
         }
         _ => dispatch_value(method, p, handle).await.map(Reply::Value),
     }
 }
 
-async fn dispatch_value(method: &str, p: Option<Value>, handle: &Handle) -> Result<Value, RpcError> {
+async fn dispatch_value(
+    method: &str,
+    p: Option<Value>,
+    handle: &Handle,
+) -> Result<Value, RpcError> {
     match method {
         "version" => to_value(VersionResult {
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -161,12 +161,20 @@ fn child_setup(daemon: bool, parent: libc::pid_t) -> io::Result<()> {
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // The kernel's own sigaction (handler, flags, restorer, mask), all
+        // zero: SIG_DFL. Through the raw system call, because glibc's
+        // sigaction() refuses the two signals it reserves (32 and 33), which
+        // would otherwise stay ignored if supd inherited them ignored.
+        let dfl = [0u64; 4];
         for sig in 1..=64 {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // Fails harmlessly (EINVAL) for the few numbers libc reserves.
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
         if daemon {

@@ -74,7 +74,9 @@ fn an_unknown_key_is_named_with_its_place_and_a_suggestion() {
     let m = messages("[program.app]\ncommand = [\"true\"]\ncomand = 1\n");
     assert_eq!(
         m,
-        ["/etc/sup/app.toml:3:1: unknown key \"comand\" in [program.app] (did you mean \"command\"?)"]
+        [
+            "/etc/sup/app.toml:3:1: unknown key \"comand\" in [program.app] (did you mean \"command\"?)"
+        ]
     );
 }
 
@@ -96,12 +98,36 @@ stop_timeout = "ten seconds"
     );
     assert_eq!(m.len(), 7, "{m:#?}");
     assert!(m[0].starts_with("/etc/sup/app.toml:2:20: \"shutdown_timeout\" must be a duration string with a unit, such as \"30s\""), "{}", m[0]);
-    assert!(m[1].starts_with("/etc/sup/app.toml:3:1: unknown key \"colour\""), "{}", m[1]);
-    assert!(m[2].starts_with("/etc/sup/app.toml:6:11: \"command\" must be an array"), "{}", m[2]);
-    assert!(m[3].starts_with("/etc/sup/app.toml:7:15: \"stop_signal\": unknown signal"), "{}", m[3]);
-    assert!(m[4].starts_with("/etc/sup/app.toml:8:13: \"autostart\" must be true or false"), "{}", m[4]);
-    assert!(m[5].starts_with("/etc/sup/app.toml:10:10: [program.b] has no \"command\""), "{}", m[5]);
-    assert!(m[6].starts_with("/etc/sup/app.toml:11:16: \"stop_timeout\": invalid duration"), "{}", m[6]);
+    assert!(
+        m[1].starts_with("/etc/sup/app.toml:3:1: unknown key \"colour\""),
+        "{}",
+        m[1]
+    );
+    assert!(
+        m[2].starts_with("/etc/sup/app.toml:6:11: \"command\" must be an array"),
+        "{}",
+        m[2]
+    );
+    assert!(
+        m[3].starts_with("/etc/sup/app.toml:7:15: \"stop_signal\": unknown signal"),
+        "{}",
+        m[3]
+    );
+    assert!(
+        m[4].starts_with("/etc/sup/app.toml:8:13: \"autostart\" must be true or false"),
+        "{}",
+        m[4]
+    );
+    assert!(
+        m[5].starts_with("/etc/sup/app.toml:10:10: [program.b] has no \"command\""),
+        "{}",
+        m[5]
+    );
+    assert!(
+        m[6].starts_with("/etc/sup/app.toml:11:16: \"stop_timeout\": invalid duration"),
+        "{}",
+        m[6]
+    );
 }
 
 #[test]
@@ -117,11 +143,20 @@ fn bad_values_are_refused() {
     let cases = [
         ("command = []", "\"command\" is empty"),
         ("command = [\"a\", 1]", "must hold only strings"),
-        ("command = [\"a\"]\nrestart = \"sometimes\"", "\"restart\" must be"),
+        (
+            "command = [\"a\"]\nrestart = \"sometimes\"",
+            "\"restart\" must be",
+        ),
         ("command = [\"a\"]\nstart_retries = -1", "must be 0 or more"),
-        ("command = [\"a\"]\nstart_retries = \"lots\"", "\"infinite\""),
+        (
+            "command = [\"a\"]\nstart_retries = \"lots\"",
+            "\"infinite\"",
+        ),
         ("command = [\"a\"]\nexit_codes = [256]", "from 0 to 255"),
-        ("command = [\"a\"]\nenv = { A = 1 }", "\"env.A\" must be a string"),
+        (
+            "command = [\"a\"]\nenv = { A = 1 }",
+            "\"env.A\" must be a string",
+        ),
         ("command = [\"a\"]\nstop_timeout = \"10\"", "has no unit"),
     ];
     for (body, expected) in cases {
@@ -185,7 +220,9 @@ depends_on = ["a", "ghost"]
         "/etc/sup/app.toml:9:15: dependency cycle: a -> b -> c -> a (remove one of these depends_on entries)"
     );
     assert!(
-        m[1].starts_with("/etc/sup/app.toml:9:20: c depends on \"ghost\", which is not a program here"),
+        m[1].starts_with(
+            "/etc/sup/app.toml:9:20: c depends on \"ghost\", which is not a program here"
+        ),
         "{}",
         m[1]
     );

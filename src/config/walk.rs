@@ -9,9 +9,7 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{
-    Config, ConfigError, ConfigErrors, ProgramConfig, RestartPolicy, Retries, SupdConfig,
-};
+use super::{Config, ConfigError, ConfigErrors, ProgramConfig, RestartPolicy, Retries, SupdConfig};
 use crate::signals::parse_signal;
 
 const TOP_KEYS: &[&str] = &["supd", "program"];
@@ -43,7 +41,9 @@ const PROGRAM_KEYS: &[&str] = &[
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
-        return Err("a duration is empty: write it with a unit, such as \"500ms\" or \"10s\"".into());
+        return Err(
+            "a duration is empty: write it with a unit, such as \"500ms\" or \"10s\"".into(),
+        );
     }
     if t.chars().all(|c| c.is_ascii_digit() || c == '.') && t != "0" {
         return Err(format!(
@@ -79,7 +79,12 @@ impl Walker<'_> {
         ));
     }
 
-    fn unknown_key(&mut self, key: &Spanned<std::borrow::Cow<'_, str>>, table: &str, known: &[&str]) {
+    fn unknown_key(
+        &mut self,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        table: &str,
+        known: &[&str],
+    ) {
         let name = key.get_ref().as_ref();
         let suggestion = known
             .iter()
@@ -208,10 +213,7 @@ impl Walker<'_> {
                     ok = false;
                     self.error(
                         item.span(),
-                        format!(
-                            "\"{key}\" must hold only strings, not {}",
-                            other.type_str()
-                        ),
+                        format!("\"{key}\" must hold only strings, not {}", other.type_str()),
                     );
                 }
             }
@@ -456,7 +458,10 @@ fn walk_program(
                     }
                     p.exit_codes = codes;
                 } else {
-                    w.error(value.span(), "\"exit_codes\" must be an array of integers, such as [0, 2]");
+                    w.error(
+                        value.span(),
+                        "\"exit_codes\" must be an array of integers, such as [0, 2]",
+                    );
                 }
             }
             "start_secs" => {
@@ -549,8 +554,8 @@ fn walk_program(
     if p.backoff_max < p.backoff_initial {
         p.backoff_max = p.backoff_initial;
     }
-    p.backoff_reset = backoff_reset
-        .unwrap_or_else(|| (p.start_secs * 10).max(Duration::from_secs(10)));
+    p.backoff_reset =
+        backoff_reset.unwrap_or_else(|| (p.start_secs * 10).max(Duration::from_secs(10)));
     (w.errors.len() == errors_before).then_some(p)
 }
 
@@ -584,7 +589,9 @@ fn check_dependencies(
     let mut reported = std::collections::BTreeSet::new();
     for start in programs.keys() {
         let mut path: Vec<&str> = Vec::new();
-        visit(start, programs, &mut mark, &mut path, &mut |cycle: Vec<&str>| {
+        visit(start, programs, &mut mark, &mut path, &mut |cycle: Vec<
+            &str,
+        >| {
             let mut key: Vec<&str> = cycle.clone();
             key.sort_unstable();
             if !reported.insert(key.join(",")) {

@@ -6,9 +6,7 @@ use futures_util::future::join_all;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Msg, Pending, WaitTicket};
-use crate::protocol::{
-    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError,
-};
+use crate::protocol::{ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError};
 use crate::signals::Sig;
 
 /// A cheap, cloneable sender to the supervisor.
@@ -188,7 +186,9 @@ impl Handle {
     /// `shutting_down` once the supervisor is gone.
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<Event>, RpcError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Msg::Subscribe { reply: tx }).map_err(|_| gone())?;
+        self.tx
+            .send(Msg::Subscribe { reply: tx })
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 

@@ -114,7 +114,9 @@ pub fn wants_restart(cfg: &ProgramConfig, status: &ExitStatus) -> bool {
 
 /// Whether `status` counts as a clean exit: a code listed in `exit_codes`.
 pub fn is_success(cfg: &ProgramConfig, status: &ExitStatus) -> bool {
-    status.code.is_some_and(|code| cfg.exit_codes.contains(&code))
+    status
+        .code
+        .is_some_and(|code| cfg.exit_codes.contains(&code))
 }
 
 /// The delay before the `step`-th consecutive restart: `backoff_initial`
@@ -440,7 +442,11 @@ mod tests {
         for (code, restarted) in [(0, false), (2, false), (1, true), (3, true)] {
             let mut m = running(&c);
             m.step(exit(code, 5), &c);
-            let expected = if restarted { State::Backoff } else { State::Exited };
+            let expected = if restarted {
+                State::Backoff
+            } else {
+                State::Exited
+            };
             assert_eq!(m.state, expected, "exit {code}");
         }
         let mut m = running(&c);

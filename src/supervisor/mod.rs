@@ -53,8 +53,8 @@ pub type Pending = oneshot::Receiver<Outcome>;
 pub enum WaitTicket {
     /// The program is not running; this is how its last run ended.
     Done(WaitResult),
-    /// The program is running; this completes when the run ends.
-    Pending(oneshot::Receiver<WaitResult>),
+    /// The program is running as this pid; this completes when the run ends.
+    Pending(Option<u32>, oneshot::Receiver<WaitResult>),
 }
 
 /// What the supervisor is asked to do.
@@ -199,7 +199,10 @@ impl Supervisor {
                     let n = state.scale.get(&cfg.name).copied().unwrap_or(n);
                     for i in 0..n {
                         let member = member_config(cfg, i);
-                        programs.insert(member.name.clone(), Program::new(member, &cfg.name, Some(i)));
+                        programs.insert(
+                            member.name.clone(),
+                            Program::new(member, &cfg.name, Some(i)),
+                        );
                     }
                     pools.insert(cfg.name.clone(), cfg.clone());
                 }
@@ -240,7 +243,8 @@ impl Supervisor {
             .map(|p| p.name().to_string())
             .collect();
         for name in names {
-            if !self.programs[&name].state().has_process() && !self.programs[&name].machine.waiting {
+            if !self.programs[&name].state().has_process() && !self.programs[&name].machine.waiting
+            {
                 self.start_one(&name);
             }
         }
@@ -390,7 +394,11 @@ impl Supervisor {
             .depends_on
             .iter()
             .flat_map(|dep| self.members(dep))
-            .filter(|d| self.programs.get(d).is_some_and(|p| p.state() != State::Running))
+            .filter(|d| {
+                self.programs
+                    .get(d)
+                    .is_some_and(|p| p.state() != State::Running)
+            })
             .collect()
     }
 
@@ -469,7 +477,10 @@ impl Supervisor {
             }
             match p.state() {
                 State::Starting | State::Running => {
-                    let pid = p.pid().map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+                    let pid = p
+                        .pid()
+                        .map(|pid| format!(" (pid {pid})"))
+                        .unwrap_or_default();
                     let _ = tx.send(p.failed(
                         ErrorKind::AlreadyRunning,
                         format!("{name}: already {}{pid}", p.state()),
@@ -585,18 +596,23 @@ impl Supervisor {
         if p.child.is_some() {
             let (tx, rx) = oneshot::channel();
             p.exit_waiters.push(tx);
-            return Ok(WaitTicket::Pending(rx));
+            return Ok(WaitTicket::Pending(p.pid(), rx));
         }
         if let Some(last) = p.last_exit {
             return Ok(WaitTicket::Done(wait_result(name, last)));
         }
         if p.state() == State::Fatal {
-            let why = p.error.clone().unwrap_or_else(|| "could not be started".into());
+            let why = p
+                .error
+                .clone()
+                .unwrap_or_else(|| "could not be started".into());
             return Err(RpcError::new(ErrorKind::Spawn, format!("{name}: {why}")));
         }
         Err(RpcError::new(
             ErrorKind::NotRunning,
-            format!("{name}: has not been started, so there is nothing to wait for (supctl start {name})"),
+            format!(
+                "{name}: has not been started, so there is nothing to wait for (supctl start {name})"
+            ),
         ))
     }
 
@@ -653,7 +669,9 @@ impl Supervisor {
             return Err(if self.programs.contains_key(pool) {
                 RpcError::new(
                     ErrorKind::InvalidParams,
-                    format!("{pool} is not a pool: set instances in [program.{pool}] to make it one"),
+                    format!(
+                        "{pool} is not a pool: set instances in [program.{pool}] to make it one"
+                    ),
                 )
             } else {
                 RpcError::new(
@@ -827,10 +845,13 @@ impl Supervisor {
             match to {
                 State::Running => self.release_waiting(),
                 State::Fatal => self.fail_waiting(&name),
-                State::Stopped => {
-                    if self.programs.get(&name).is_some_and(|p| p.remove_when_stopped) {
-                        self.forget(&name);
-                    }
+                State::Stopped
+                    if self
+                        .programs
+                        .get(&name)
+                        .is_some_and(|p| p.remove_when_stopped) =>
+                {
+                    self.forget(&name);
                 }
                 _ => {}
             }

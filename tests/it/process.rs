@@ -1120,7 +1120,6 @@ fn program_of_a_hostile_parent_gets_clean_signal_state_and_only_stdio() {
 
 #[test]
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-#[ignore = "BUG: spawn's reset uses glibc sigaction, which refuses signals 32 and 33, so they stay ignored if supd inherited them ignored"]
 fn program_of_a_hostile_parent_gets_default_disposition_for_signals_32_and_33() {
     // DESIGN (Spawning): "default dispositions for every signal".
     let mut supd = HostileSupd::start(CLEAN_CONFIG, true);

@@ -16,6 +16,9 @@ start_secs = "0s"
     assert!(alive(pid));
     let (code, out, _) = supd.ctl_text(&["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.lines().next().unwrap_or("").starts_with("NAME"), "{out}");
+    assert!(
+        out.lines().next().unwrap_or("").starts_with("NAME"),
+        "{out}"
+    );
     assert!(out.contains("sleeper") && out.contains("running"), "{out}");
 }

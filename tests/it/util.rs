@@ -33,7 +33,10 @@ pub fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
@@ -214,13 +217,17 @@ impl Supd {
 
     /// Polls until `name` is in `state`.
     pub fn wait_state(&self, name: &str, state: &str) -> ProgramStatus {
-        self.wait_for(name, &format!("state {state}"), |s| s.state.as_str() == state)
+        self.wait_for(name, &format!("state {state}"), |s| {
+            s.state.as_str() == state
+        })
     }
 
     /// Waits for the daemon to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, deadline: Duration) -> i32 {
         let child = self.child.as_mut().expect("supd child");
-        let status = poll("supd to exit", deadline, || child.try_wait().expect("try_wait"));
+        let status = poll("supd to exit", deadline, || {
+            child.try_wait().expect("try_wait")
+        });
         self.child = None;
         status.code().unwrap_or(-1)
     }
@@ -272,14 +279,15 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
         return out;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Ok(env) = std::fs::read(entry.path().join("environ")) {
-            if env
-                .split(|&b| b == 0)
-                .any(|var| var == needle.as_bytes())
-            {
+            if env.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
                 out.push(pid);
             }
         }
@@ -307,7 +315,11 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 if let Some((state, ppid)) = proc_stat(pid) {
                     if ppid == parent {
                         out.push((pid, state));

@@ -681,8 +681,8 @@ fn many_concurrent_waiters_all_get_the_result() {
     poll("the protocol waiter", DEADLINE, || {
         rpc.is_finished().then_some(())
     });
-    let v = serde_json::to_value(rpc.join().expect("thread").expect("wait answer"))
-        .expect("to JSON");
+    let v =
+        serde_json::to_value(rpc.join().expect("thread").expect("wait answer")).expect("to JSON");
     assert_eq!(v["returncode"], 7, "{v}");
     assert_eq!(v["exit_code"], 7, "{v}");
     assert_eq!(v["name"], "job", "{v}");
