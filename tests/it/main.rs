@@ -3,6 +3,7 @@
 
 mod util;
 
+mod lifecycle;
 mod process;
 mod protocol;
 mod smoke;
