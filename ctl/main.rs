@@ -434,9 +434,10 @@ fn wait(
                 print_json(&result);
             } else {
                 let how = match (&result.signal, result.exit_code) {
-                    (Some(sig), _) => format!("killed by {sig} (returncode {})", result.returncode),
+                    (Some(sig), _) => format!("killed by {sig}"),
                     (None, Some(code)) => format!("exited with status {code}"),
-                    _ => format!("returncode {}", result.returncode),
+                    _ => "ended; its exit status is unknown (adopted after a restart of supd)"
+                        .to_string(),
                 };
                 out(&format!("{name}: {how}"));
             }

@@ -104,6 +104,13 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
     let state_dir = crate::state::state_dir(opts.config.supd.state_dir.as_deref(), &path);
     let state_path = state_dir.join(crate::state::FILE_NAME);
     let (mut supervisor, handle) = Supervisor::new(&opts.config, Some(state_path));
+    let sentinel = match crate::sentinel::start(supervisor.marker()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the sentinel: descendants of daemon programs may outlive a SIGKILL of supd");
+            None
+        }
+    };
     supervisor.autostart();
 
     let signal_handle = handle.clone();
@@ -150,6 +157,8 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
     let _ = server_task.await;
     signal_task.abort();
     socket.remove();
+    // Closing the pipe lets the sentinel sweep (nothing is left) and exit.
+    drop(sentinel);
     tracing::info!("supd stopped");
     Ok(())
 }

@@ -16,7 +16,7 @@ struct Args {
         long,
         short = 'c',
         value_name = "PATH",
-        required_unless_present = "check_config"
+        required_unless_present_any = ["check_config", "sentinel"]
     )]
     config: Option<PathBuf>,
 
@@ -30,6 +30,10 @@ struct Args {
     #[arg(long, value_name = "PATH", conflicts_with = "config")]
     check_config: Option<PathBuf>,
 
+    /// Internal: run as the sentinel of the supd whose marker is given.
+    #[arg(long, hide = true, value_name = "MARKER")]
+    sentinel: Option<String>,
+
     /// More logging (-v debug, -vv trace); RUST_LOG overrides it.
     #[arg(long, short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -37,6 +41,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(marker) = args.sentinel {
+        sup::sentinel::run(&marker);
+        return ExitCode::SUCCESS;
+    }
     if let Some(path) = args.check_config {
         return match Config::load(&path) {
             Ok(config) => {

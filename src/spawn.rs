@@ -104,6 +104,11 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     cmd.envs(&cfg.env);
     cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
     cmd.env("SUP_PROGRAM", &cfg.name);
+    if cfg.daemon {
+        cmd.env(crate::sentinel::DAEMON_VAR, "1");
+    } else {
+        cmd.env_remove(crate::sentinel::DAEMON_VAR);
+    }
     if let Some(cwd) = &cfg.cwd {
         cmd.current_dir(cwd);
     }

@@ -7,8 +7,15 @@
 //! file or the new one, never half of one. A missing file is an empty
 //! state; a corrupt one is logged and ignored (it changes nothing).
 //!
+//! It also records every live process supd started (pid, start time, boot
+//! id, the daemon flag), so that a supd started after a crash adopts the
+//! `daemon = false` programs that survived instead of starting them twice,
+//! and finishes off what is left of `daemon = true` ones.
+//!
 //! ```json
-//! {"version": 1, "desired": {"web": "stopped", "worker:2": "started"}, "scale": {"worker": 3}}
+//! {"version": 1, "desired": {"web": "stopped", "worker:2": "started"}, "scale": {"worker": 3},
+//!  "boot_id": "9ea2...", "processes": {"db": {"pid": 4242, "start_time": 81234, "daemon": false,
+//!  "marker": "4100.80010"}}}
 //! ```
 
 use std::collections::BTreeMap;
@@ -43,6 +50,27 @@ pub struct StateFile {
     /// Pool sizes set by `supctl scale`, by pool name.
     #[serde(default)]
     pub scale: BTreeMap<String, u32>,
+    /// The boot the `processes` belong to; after a reboot none is adopted.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    /// The live main process of each program, by program name.
+    #[serde(default)]
+    pub processes: BTreeMap<String, ProcessRecord>,
+}
+
+/// A process supd started, as recorded for the next supd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (`/proc/PID/stat` field 22): a pid whose start time
+    /// differs is another process, never adopted or signalled.
+    pub start_time: u64,
+    /// Its `daemon` flag when it was started.
+    pub daemon: bool,
+    /// `SUP_SUPD` of the supd that started it, inherited by all its
+    /// descendants: how a later supd finds what a daemon program left.
+    pub marker: String,
 }
 
 /// The state folder for a daemon: `state_dir` from the config, else

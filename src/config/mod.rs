@@ -58,6 +58,18 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// What happens to a program's descendants that outlive its main process
+/// (supervisord's `stopasgroup`/`killasgroup`, systemd's `KillMode=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanPolicy {
+    /// `"kill"`: SIGKILL them when the main process ends (and with the
+    /// program's stop), whether they stayed in its process group or not.
+    Kill,
+    /// `"keep"`: leave them running; they are listed under the program's
+    /// `orphans` in status, and still reaped by supd when they end.
+    Keep,
+}
+
 /// How many times a program that keeps exiting during `start_secs` is tried
 /// before it is `fatal` (supervisord's `startretries`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +108,9 @@ pub struct ProgramConfig {
     pub stop_timeout: Duration,
     /// `daemon` (default false): see SPEC §2.
     pub daemon: bool,
+    /// `orphans` (default `"kill"`): what happens to descendants that outlive
+    /// the program's main process.
+    pub orphans: OrphanPolicy,
     /// `backoff_initial` (default 1 s): the first delay before a restart.
     pub backoff_initial: Duration,
     /// `backoff_max` (default 60 s): the delay doubles up to this.
@@ -129,6 +144,7 @@ impl ProgramConfig {
             stop_signal: Sig(libc::SIGTERM),
             stop_timeout: Duration::from_secs(10),
             daemon: false,
+            orphans: OrphanPolicy::Kill,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             backoff_reset: Duration::from_secs(10),

@@ -31,6 +31,7 @@ const PROGRAM_KEYS: &[&str] = &[
     "backoff_reset",
     "instances",
     "depends_on",
+    "orphans",
 ];
 
 /// Parses a duration with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`,
@@ -429,6 +430,18 @@ fn walk_program(
             "daemon" => {
                 if let Some(b) = w.boolean(value, k) {
                     p.daemon = b;
+                }
+            }
+            "orphans" => {
+                if let Some(s) = w.string(value, k) {
+                    match s.as_str() {
+                        "kill" => p.orphans = super::OrphanPolicy::Kill,
+                        "keep" => p.orphans = super::OrphanPolicy::Keep,
+                        _ => w.error(
+                            value.span(),
+                            format!("\"orphans\" must be \"kill\" or \"keep\", not {s:?}"),
+                        ),
+                    }
                 }
             }
             "restart" => {

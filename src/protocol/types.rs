@@ -81,22 +81,38 @@ impl ExitStatus {
         }
     }
 
-    /// Python's `Popen.returncode`: the code, or `-N` after signal N.
-    pub fn returncode(&self) -> i32 {
-        match (self.code, self.signal) {
-            (Some(code), _) => code,
-            (None, Some(sig)) => -sig,
-            (None, None) => 0,
+    /// The status of a process supd adopted after a restart: it is not
+    /// supd's child, so how it ended cannot be known.
+    pub fn unknown() -> Self {
+        ExitStatus {
+            code: None,
+            signal: None,
+            core_dumped: false,
         }
     }
 
-    /// A shell's `$?` for this status: the code, or 128+N after signal N.
-    /// `supctl wait` and `supctl run` exit with it.
+    /// Whether the status is known (see [`ExitStatus::unknown`]).
+    pub fn is_known(&self) -> bool {
+        self.code.is_some() || self.signal.is_some()
+    }
+
+    /// Python's `Popen.returncode`: the code, or `-N` after signal N;
+    /// `None` when unknown.
+    pub fn returncode(&self) -> Option<i32> {
+        match (self.code, self.signal) {
+            (Some(code), _) => Some(code),
+            (None, Some(sig)) => Some(-sig),
+            (None, None) => None,
+        }
+    }
+
+    /// A shell's `$?` for this status: the code, or 128+N after signal N;
+    /// 255 when unknown.
     pub fn shell_status(&self) -> i32 {
         match (self.code, self.signal) {
             (Some(code), _) => code,
             (None, Some(sig)) => 128 + sig,
-            (None, None) => 0,
+            (None, None) => 255,
         }
     }
 
@@ -117,7 +133,7 @@ impl std::fmt::Display for ExitStatus {
                 }
                 Ok(())
             }
-            (None, None) => f.write_str("unknown exit"),
+            (None, None) => f.write_str("exit status unknown (not supd's child)"),
         }
     }
 }
@@ -216,6 +232,10 @@ pub struct ProgramStatus {
     /// Dependencies a queued start is waiting for (`starting`, no pid).
     #[serde(default)]
     pub waiting_for: Vec<String>,
+    /// Whether the process was adopted from an earlier supd (it survived a
+    /// crash or restart of supd). Its exit status will be unknown.
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 /// One state change, as `events` streams it (a notification with method
@@ -312,8 +332,9 @@ pub struct WaitResult {
     pub name: String,
     /// The pid of the run that ended.
     pub pid: Option<u32>,
-    /// Its `returncode`.
-    pub returncode: i32,
+    /// Its `returncode`; `null` when unknown (a process adopted after a
+    /// restart of supd is not its child, so its status cannot be read).
+    pub returncode: Option<i32>,
     /// Its exit code, if it exited.
     pub exit_code: Option<i32>,
     /// The signal's name, if it was killed.
@@ -323,12 +344,14 @@ pub struct WaitResult {
 }
 
 impl WaitResult {
-    /// The shell status `supctl wait` exits with (code, or 128+N).
+    /// The shell status `supctl wait` exits with: the code, 128+N after
+    /// signal N, 255 when unknown.
     pub fn shell_status(&self) -> i32 {
         match (self.exit_code, self.returncode) {
             (Some(code), _) => code,
-            (None, rc) if rc < 0 => 128 - rc,
-            (None, rc) => rc,
+            (None, Some(rc)) if rc < 0 => 128 - rc,
+            (None, Some(rc)) => rc,
+            (None, None) => 255,
         }
     }
 }

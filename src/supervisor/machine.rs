@@ -51,6 +51,9 @@ pub enum Input {
     DepsReady,
     /// A dependency it was waiting for became `fatal`.
     DepFailed,
+    /// At start-up, a process this program had under an earlier supd was
+    /// found alive and adopted: it is `running`.
+    Adopted,
 }
 
 /// What the supervisor must do after a transition.
@@ -153,6 +156,10 @@ impl Machine {
                 } else {
                     vec![CancelTimer, Spawn]
                 }
+            }
+            (Stopped, Input::Adopted) => {
+                self.state = Running;
+                vec![]
             }
             (Backoff, Input::Retry) => {
                 self.escalated = false;
@@ -494,6 +501,19 @@ mod tests {
         m.step(Input::StartSecsElapsed, &c);
         // A run of backoff_reset (10 s) or more starts over at step 0.
         assert_eq!(m.step(exit(1, 10), &c)[1], ArmRetry { step: 0 });
+    }
+
+    #[test]
+    fn an_adopted_process_is_running_and_stops_like_any_other() {
+        let c = cfg();
+        let mut m = Machine::default();
+        assert_eq!(m.step(Input::Adopted, &c), []);
+        assert_eq!(m.state, State::Running);
+        assert_eq!(m.step(Input::Stop, &c), [SendStopSignal, ArmStopTimer]);
+        // Adoption means nothing to a program that already runs.
+        let mut m = running(&c);
+        assert_eq!(m.step(Input::Adopted, &c), []);
+        assert_eq!(m.state, State::Running);
     }
 
     #[test]

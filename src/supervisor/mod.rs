@@ -14,14 +14,16 @@
 //! them, and during shutdown the next programs in reverse dependency order
 //! are asked to stop.
 
+mod adopt;
 mod handle;
 pub mod machine;
+mod orphans;
 mod program;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -127,6 +129,15 @@ pub enum Msg {
     Shutdown,
     /// SIGCHLD arrived: reap.
     Reap,
+    /// `shutdown_timeout` passed since shutdown began.
+    ShutdownTimeout,
+    /// An adopted process (not supd's child) ended.
+    AdoptedExit {
+        /// The program.
+        name: String,
+        /// The process.
+        pid: u32,
+    },
     /// A program's timer fired.
     Timer {
         /// The program.
@@ -157,6 +168,13 @@ pub struct Supervisor {
     draws: u64,
     state_path: Option<PathBuf>,
     state: StateFile,
+    /// The state file needs writing.
+    state_dirty: bool,
+    /// `SUP_SUPD` given to every program: `supd pid.start time`.
+    marker: String,
+    shutdown_timeout: Duration,
+    /// `shutdown_timeout` passed: `daemon = false` programs are stopped too.
+    shutdown_forced: bool,
 }
 
 fn member_name(group: &str, instance: u32) -> String {
@@ -172,8 +190,10 @@ fn member_config(base: &ProgramConfig, instance: u32) -> ProgramConfig {
 
 impl Supervisor {
     /// A supervisor for `config`'s programs, all `stopped`, and the handle
-    /// that talks to it. `state_path` is the state file (desired states and
-    /// pool sizes): read now, written on every `start`, `stop` and `scale`.
+    /// that talks to it. `state_path` is the state file (desired states, pool
+    /// sizes, live processes): read now, written as they change. Processes
+    /// recorded there by an earlier supd are adopted or finished off now
+    /// (see [`Supervisor::autostart`]).
     pub fn new(config: &Config, state_path: Option<PathBuf>) -> (Supervisor, Handle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -223,8 +243,21 @@ impl Supervisor {
             draws: 0,
             state_path,
             state,
+            state_dirty: false,
+            marker: format!(
+                "{}.{}",
+                std::process::id(),
+                crate::procfs::stat(std::process::id()).map_or(0, |s| s.start_time)
+            ),
+            shutdown_timeout: config.supd.shutdown_timeout,
+            shutdown_forced: false,
         };
         (sup, Handle::new(tx))
+    }
+
+    /// The `SUP_SUPD` marker every program of this supd carries.
+    pub fn marker(&self) -> &str {
+        &self.marker
     }
 
     /// Starts every program with `autostart = true`, or that a user had
@@ -232,6 +265,7 @@ impl Supervisor {
     /// come first; independent programs start together. Spawns happen here,
     /// on the calling thread, which must be the daemon's main thread.
     pub fn autostart(&mut self) {
+        self.recover();
         let names: Vec<String> = self
             .programs
             .values()
@@ -249,6 +283,7 @@ impl Supervisor {
             }
         }
         self.settle();
+        self.flush_state();
     }
 
     /// Runs until shutdown has stopped every program. Must run on the
@@ -257,6 +292,12 @@ impl Supervisor {
         while let Some(msg) = self.rx.recv().await {
             self.handle(msg);
             self.settle();
+            // Take whatever else is ready before writing the state file once.
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+                self.settle();
+            }
+            self.flush_state();
             if self.shutting_down && self.programs.values().all(|p| p.child.is_none()) {
                 break;
             }
@@ -264,6 +305,7 @@ impl Supervisor {
         for p in self.programs.values_mut() {
             p.cancel_timer();
         }
+        self.flush_state();
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -306,6 +348,14 @@ impl Supervisor {
                 let _ = reply.send(self.events.subscribe());
             }
             Msg::Shutdown => self.shutdown(),
+            Msg::ShutdownTimeout => {
+                if self.shutting_down && !self.shutdown_forced {
+                    tracing::info!(timeout = ?self.shutdown_timeout, "shutdown_timeout passed: stopping the programs left");
+                    self.shutdown_forced = true;
+                    self.shutdown_step();
+                }
+            }
+            Msg::AdoptedExit { name, pid } => self.adopted_exit(&name, pid),
             Msg::Reap => self.reap(),
             Msg::Timer { name, generation } => self.timer(&name, generation),
         }
@@ -408,6 +458,7 @@ impl Supervisor {
             all: false,
         };
         let names = self.select(&select, true)?;
+        let mut orphans = orphans::by_program(&self.by_pid);
         Ok(names
             .iter()
             .map(|n| {
@@ -417,7 +468,7 @@ impl Supervisor {
                 } else {
                     Vec::new()
                 };
-                p.status(waiting_for)
+                p.status(waiting_for, orphans.remove(n).unwrap_or_default())
             })
             .collect())
     }
@@ -429,10 +480,20 @@ impl Supervisor {
         self.save_state();
     }
 
-    fn save_state(&self) {
+    fn save_state(&mut self) {
+        self.state_dirty = true;
+    }
+
+    /// Writes the state file if anything in it changed.
+    fn flush_state(&mut self) {
+        if !self.state_dirty {
+            return;
+        }
+        self.state_dirty = false;
         if let Some(path) = &self.state_path {
+            self.state.boot_id = crate::procfs::boot_id();
             if let Err(e) = self.state.save(path) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the state file; desired states will not survive a restart of supd");
+                tracing::error!(path = %path.display(), error = %e, "cannot write the state file; desired states and live processes will not survive a restart of supd");
             }
         }
     }
@@ -744,18 +805,37 @@ impl Supervisor {
             }
             return;
         }
-        tracing::info!("shutting down: stopping every program, dependents first");
+        tracing::info!(
+            timeout = ?self.shutdown_timeout,
+            "shutting down: stopping daemon programs, waiting for the others"
+        );
         self.shutting_down = true;
+        let tx = self.tx.clone();
+        let timeout = self.shutdown_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = tx.send(Msg::ShutdownTimeout);
+        });
         self.shutdown_step();
     }
 
-    /// Asks to stop each program that is still up and that no running
-    /// program depends on; called again as programs stop.
+    /// Asks to stop each program that shutdown may stop now: a `daemon =
+    /// true` one (any once `shutdown_timeout` has passed) that no live program
+    /// depends on. Called again as programs stop. `daemon = false` programs
+    /// are waited for until then, as `multiprocessing` waits for non-daemon
+    /// children.
     fn shutdown_step(&mut self) {
+        let forced = self.shutdown_forced;
         let ready: Vec<String> = self
             .programs
             .values()
             .filter(|p| !p.shutdown_sent)
+            .filter(|p| {
+                p.cfg.daemon
+                    || forced
+                    || matches!(p.state(), State::Backoff | State::Stopped)
+                    || p.machine.waiting
+            })
             .filter(|p| {
                 self.dependents.get(&p.group).is_none_or(|deps| {
                     deps.iter().all(|d| {
@@ -797,11 +877,20 @@ impl Supervisor {
 
     fn reap(&mut self) {
         let by_pid = &self.by_pid;
+        let programs = &self.programs;
         let exits = crate::reaper::reap(|pid| {
-            if by_pid.contains_key(&pid) {
+            let Some(name) = by_pid.get(&pid) else {
+                return;
+            };
+            let keep = programs
+                .get(name)
+                .is_some_and(|p| p.cfg.orphans == crate::config::OrphanPolicy::Keep);
+            if !keep {
                 // The leader is a zombie, so its group id is still reserved:
-                // whatever is left of the group goes with it.
+                // whatever is left of the group goes with it, and so do the
+                // descendants that left the group but were adopted by supd.
                 let _ = spawn::kill_group(pid, libc::SIGKILL);
+                orphans::signal_orphans(name, libc::SIGKILL, by_pid);
             }
         });
         for (pid, status) in exits {
@@ -809,6 +898,15 @@ impl Supervisor {
                 tracing::debug!(pid, %status, "reaped an orphaned descendant");
                 continue;
             };
+            if self
+                .state
+                .processes
+                .get(&name)
+                .is_some_and(|r| r.pid == pid)
+            {
+                self.state.processes.remove(&name);
+                self.state_dirty = true;
+            }
             let Some(p) = self.programs.get_mut(&name) else {
                 continue;
             };
@@ -919,20 +1017,35 @@ impl Supervisor {
             }
             for action in actions {
                 match action {
-                    Action::Spawn => match spawn::spawn(&p.cfg, &[]) {
-                        Ok(child) => {
-                            tracing::info!(program = %name, pid = child.pid, "spawned");
-                            self.by_pid.insert(child.pid, name.to_string());
-                            p.child = Some(child);
-                            p.error = None;
-                            queue.push_back(Input::Spawned);
+                    Action::Spawn => {
+                        match spawn::spawn(&p.cfg, &[("SUP_SUPD".to_string(), self.marker.clone())])
+                        {
+                            Ok(child) => {
+                                tracing::info!(program = %name, pid = child.pid, "spawned");
+                                self.by_pid.insert(child.pid, name.to_string());
+                                self.state.processes.insert(
+                                    name.to_string(),
+                                    crate::state::ProcessRecord {
+                                        pid: child.pid,
+                                        start_time: crate::procfs::stat(child.pid)
+                                            .map_or(0, |s| s.start_time),
+                                        daemon: p.cfg.daemon,
+                                        marker: self.marker.clone(),
+                                    },
+                                );
+                                self.state_dirty = true;
+                                p.adopted = false;
+                                p.child = Some(child);
+                                p.error = None;
+                                queue.push_back(Input::Spawned);
+                            }
+                            Err(e) => {
+                                tracing::error!(program = %name, error = %e, "spawn failed");
+                                p.error = Some(e.to_string());
+                                queue.push_back(Input::SpawnFailed);
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!(program = %name, error = %e, "spawn failed");
-                            p.error = Some(e.to_string());
-                            queue.push_back(Input::SpawnFailed);
-                        }
-                    },
+                    }
                     Action::ArmStartTimer => p.arm_timer(p.cfg.start_secs, &self.tx),
                     Action::ArmStopTimer => p.arm_timer(p.cfg.stop_timeout, &self.tx),
                     Action::ArmRetry { step } => {
@@ -943,13 +1056,15 @@ impl Supervisor {
                     Action::CancelTimer => p.cancel_timer(),
                     Action::SendStopSignal => {
                         if let Some(child) = &p.child {
-                            send_group(name, child.pid, p.cfg.stop_signal.0);
-                            send_group(name, child.pid, libc::SIGCONT);
+                            signal_program(name, child, p.adopted, p.cfg.stop_signal.0);
+                            signal_program(name, child, p.adopted, libc::SIGCONT);
+                            orphans::signal_orphans(name, p.cfg.stop_signal.0, &self.by_pid);
                         }
                     }
                     Action::SendKill => {
                         if let Some(child) = &p.child {
-                            send_group(name, child.pid, libc::SIGKILL);
+                            signal_program(name, child, p.adopted, libc::SIGKILL);
+                            orphans::signal_orphans(name, libc::SIGKILL, &self.by_pid);
                         }
                     }
                 }
@@ -983,7 +1098,7 @@ impl Supervisor {
                 from,
                 to,
                 pid: p.pid().or(ended.map(|l| l.pid)),
-                returncode: ended.map(|l| l.status.returncode()),
+                returncode: ended.and_then(|l| l.status.returncode()),
                 exit_code: ended.and_then(|l| l.status.code),
                 signal: ended.and_then(|l| l.status.signal_name()),
                 escalated: p.machine.escalated && ended.is_some(),
@@ -995,10 +1110,21 @@ impl Supervisor {
     }
 }
 
-fn send_group(name: &str, pid: u32, sig: i32) {
-    if let Err(e) = spawn::kill_group(pid, sig) {
+/// Sends `sig` to a program's process group. For an adopted process (not
+/// supd's child, so its zombie does not hold the group id) the main process
+/// is signalled through its pidfd first, and the group only while the
+/// leader is seen alive.
+fn signal_program(name: &str, child: &spawn::Child, adopted: bool, sig: i32) {
+    let result = if adopted {
+        spawn::pidfd_send_signal(&child.pidfd, sig)
+            .and_then(|()| spawn::pidfd_send_signal(&child.pidfd, 0))
+            .and_then(|()| spawn::kill_group(child.pid, sig))
+    } else {
+        spawn::kill_group(child.pid, sig)
+    };
+    if let Err(e) = result {
         if e.raw_os_error() != Some(libc::ESRCH) {
-            tracing::warn!(program = %name, pid, signal = sig, error = %e, "could not signal the process group");
+            tracing::warn!(program = %name, pid = child.pid, signal = sig, error = %e, "could not signal the process group");
         }
     }
 }

@@ -44,6 +44,8 @@ pub(super) struct Program {
     pub remove_when_stopped: bool,
     /// Shutdown has asked it to stop.
     pub shutdown_sent: bool,
+    /// Its process was adopted from an earlier supd (not our child).
+    pub adopted: bool,
     pub start_waiters: Vec<oneshot::Sender<Outcome>>,
     pub stop_waiters: Vec<oneshot::Sender<Outcome>>,
     pub exit_waiters: Vec<oneshot::Sender<WaitResult>>,
@@ -66,6 +68,7 @@ impl Program {
             retry_at: None,
             remove_when_stopped: false,
             shutdown_sent: false,
+            adopted: false,
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             exit_waiters: Vec::new(),
@@ -99,7 +102,7 @@ impl Program {
             name: self.cfg.name.clone(),
             state: self.state(),
             pid: self.pid(),
-            returncode: last.map(|l| l.status.returncode()),
+            returncode: last.and_then(|l| l.status.returncode()),
             signal: last.and_then(|l| l.status.signal_name()),
             escalated: self.machine.escalated,
             error: None,
@@ -113,22 +116,22 @@ impl Program {
         }
     }
 
-    pub fn status(&self, waiting_for: Vec<String>) -> ProgramStatus {
+    pub fn status(&self, waiting_for: Vec<String>, orphans: Vec<u32>) -> ProgramStatus {
         let last = self.ended();
         ProgramStatus {
             name: self.cfg.name.clone(),
             state: self.state(),
             pid: self.pid(),
-            returncode: last.map(|l| l.status.returncode()),
+            returncode: last.and_then(|l| l.status.returncode()),
             exit_code: last.and_then(|l| l.status.code),
             signal: last.and_then(|l| l.status.signal_name()),
             restarts: self.restarts,
             uptime_secs: self.child.as_ref().map(|c| millis(c.started.elapsed())),
             daemon: self.cfg.daemon,
-            orphans: Vec::new(),
+            orphans,
             since: rfc3339(self.since),
             error: self.error.clone(),
-            exited_at: self.last_exit.map(|l| rfc3339(l.at)),
+            exited_at: last.map(|l| rfc3339(l.at)),
             next_retry_secs: match (self.state(), self.retry_at) {
                 (State::Backoff, Some(at)) => {
                     Some(millis(at.saturating_duration_since(Instant::now())))
@@ -136,6 +139,7 @@ impl Program {
                 _ => None,
             },
             waiting_for,
+            adopted: self.adopted && self.child.is_some(),
         }
     }
 

@@ -248,18 +248,31 @@ impl Supd {
 impl Drop for Supd {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid, which is unreaped.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(15);
+            // SIGTERM: daemon programs stop, the others are waited for; a
+            // second SIGTERM after a moment sends SIGKILL to what is left
+            // (so a test's cleanup never waits for shutdown_timeout).
+            let mut sent = 0;
+            let start = Instant::now();
             loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() > end => {
+                let due = match sent {
+                    0 => Duration::ZERO,
+                    1 => Duration::from_millis(500),
+                    _ => Duration::from_secs(15),
+                };
+                if start.elapsed() >= due {
+                    if sent < 2 {
+                        // SAFETY: kill(2) on our own child's pid, which is unreaped.
+                        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                        sent += 1;
+                    } else {
                         let _ = child.kill();
                         let _ = child.wait();
                         break;
                     }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         }
@@ -310,7 +323,16 @@ pub fn alive(pid: u32) -> bool {
     matches!(proc_stat(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
 
-/// Children of `parent` (from /proc), with their states.
+/// Whether `pid` is a supd sentinel (`supd --sentinel MARKER`, the
+/// companion that outlives a SIGKILLed supd; see src/sentinel.rs).
+pub fn is_sentinel(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|&b| b == 0).any(|a| a == b"--sentinel"))
+        .unwrap_or(false)
+}
+
+/// Children of `parent` (from /proc), with their states; supd's sentinel is
+/// left out.
 pub fn children_of(parent: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -321,7 +343,7 @@ pub fn children_of(parent: u32) -> Vec<(u32, char)> {
                 .and_then(|s| s.parse::<u32>().ok())
             {
                 if let Some((state, ppid)) = proc_stat(pid) {
-                    if ppid == parent {
+                    if ppid == parent && !is_sentinel(pid) {
                         out.push((pid, state));
                     }
                 }

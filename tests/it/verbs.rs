@@ -726,7 +726,6 @@ fn wait_on_an_ended_program_returns_its_last_status_at_once() {
 }
 
 #[test]
-#[ignore = "BUG: supctl wait --timeout nan waits for ever (NaN is sent as JSON null = no timeout) instead of being refused"]
 fn wait_with_a_nan_timeout_is_refused_not_unbounded() {
     let supd = Supd::start(&sleeper("p"));
     let pid = running_pid(&supd, "p");
@@ -817,7 +816,6 @@ fn shutdown_stops_programs_and_supd_exits_0_removing_its_socket() {
 }
 
 #[test]
-#[ignore = "BUG: shutdown stops daemon = false programs at once instead of waiting for them up to shutdown_timeout (SPEC §2, §4 shutdown)"]
 fn shutdown_waits_for_non_daemon_programs_to_finish() {
     let mut supd = Supd::start(&format!(
         "[supd]\nshutdown_timeout = \"30s\"\n\n{}{}",
