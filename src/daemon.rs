@@ -158,7 +158,9 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
     signal_task.abort();
     socket.remove();
     // Closing the pipe lets the sentinel sweep (nothing is left) and exit.
-    drop(sentinel);
+    if let Some(sentinel) = sentinel {
+        sentinel.finish();
+    }
     tracing::info!("supd stopped");
     Ok(())
 }

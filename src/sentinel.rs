@@ -27,9 +27,28 @@ pub const DAEMON_VAR: &str = "SUP_DAEMON";
 /// the sweep.
 #[derive(Debug)]
 pub struct Sentinel {
-    _pipe: ChildStdin,
+    pipe: ChildStdin,
     /// The sentinel's pid.
     pub pid: u32,
+}
+
+impl Sentinel {
+    /// At a clean shutdown: closes the pipe and waits (up to 2 s) for the
+    /// sentinel to finish, so nothing of supd's outlives it. Only call this
+    /// once the supervisor (the reaper) has stopped.
+    pub fn finish(self) {
+        drop(self.pipe);
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 /// Starts the sentinel for `marker`.
@@ -53,7 +72,7 @@ pub fn start(marker: &str) -> io::Result<Sentinel> {
         .take()
         .ok_or_else(|| io::Error::other("the sentinel has no stdin pipe"))?;
     Ok(Sentinel {
-        _pipe: pipe,
+        pipe,
         pid: child.id(),
     })
 }

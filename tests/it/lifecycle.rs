@@ -964,7 +964,11 @@ fn a_pool_as_a_dependency_means_every_member_running() {
 fn shutdown_during_a_queued_start_stops_both() {
     let mut supd = Supd::start(
         &("[supd]\nshutdown_timeout = \"5s\"\n".to_string()
-            + &prog("db", &["sleep", "300"], "start_secs = \"5s\"")
+            + &prog(
+                "db",
+                &["sleep", "300"],
+                "start_secs = \"5s\"\ndaemon = true",
+            )
             + &prog(
                 "web",
                 &["sleep", "300"],
