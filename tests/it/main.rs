@@ -3,6 +3,8 @@
 
 mod util;
 
+mod cli;
+mod deploy;
 mod lifecycle;
 mod process;
 mod protocol;
