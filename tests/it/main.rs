@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod deploy;
+mod golden;
 mod lifecycle;
 mod process;
 mod protocol;
