@@ -7,23 +7,41 @@
 //! an unknown name; `wait`: the program's exit code, 128+N after signal N,
 //! 124 on timeout.
 
-use std::io::{self, Write};
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
-    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, StatusResult, VersionResult,
+    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, State, StatusResult, VersionResult,
 };
 
-/// supctl: control a running supd.
+/// Control a running supd: start, stop, signal, inspect and wait for its programs.
 #[derive(Debug, Parser)]
 #[command(
+    name = "supctl",
     version,
-    about,
-    after_help = "Examples:\n  supctl status\n  supctl restart web\n  supctl stop --all\n  supctl signal web HUP\n  supctl wait job --timeout 30 && echo done\n  supctl --json status | jq '.[] | select(.state != \"running\")'"
+    long_about = "Control a running supd: start, stop, signal, inspect and wait for its programs.\n\n\
+                  supctl talks to supd over its Unix socket (JSON-RPC 2.0, one message a line). \
+                  Each verb is one request; --json prints the daemon's answer as JSON for \
+                  scripts (one document, or one object a line for streams).\n\n\
+                  The socket is --socket, else $SUPD_SOCKET, else /run/supd/supd.sock for root \
+                  and $XDG_RUNTIME_DIR/supd.sock for other users: where supd listens by default.\n\n\
+                  Exit status: 0 success; 1 failure (one line on stderr); 2 usage; status: 3 when a \
+                  listed program is not running, 4 for an unknown name; wait: the program's exit \
+                  code, 128+N after signal N, 124 on timeout.",
+    after_help = "Examples:\n  \
+                  supctl status                       every program, one row each\n  \
+                  supctl restart web                  stop (TERM, then KILL after stop_timeout), start\n  \
+                  supctl stop --all\n  \
+                  supctl signal web HUP\n  \
+                  supctl wait job --timeout 30 && echo done\n  \
+                  supctl --json status | jq '.[] | select(.state != \"running\")'\n  \
+                  supctl completions bash > /etc/bash_completion.d/supctl\n  \
+                  supctl man --out /usr/local/share/man/man1"
 )]
 struct Cli {
     /// The control socket of the supd to talk to.
@@ -46,7 +64,7 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Select {
-    /// Program names.
+    /// Program names (a pool's name means all of its members, NAME:0 ...).
     names: Vec<String>,
     /// Every program.
     #[arg(long, short = 'a', conflicts_with = "names")]
@@ -59,23 +77,72 @@ impl Select {
     }
 }
 
+/// Which man page `supctl man` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Page {
+    /// supctl(1).
+    Supctl,
+    /// supd(1).
+    Supd,
+}
+
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Show programs: name, state, pid, uptime, restarts, returncode.
-    /// Exit 0 when all listed are running, 3 when any is not, 4 for an unknown name.
+    #[command(
+        long_about = "Show one row a program: name, state, pid, uptime, restarts, returncode, and \
+                      why it is not running. With no NAME, every program. The state column is \
+                      coloured when stdout is a terminal (NO_COLOR turns that off).\n\n\
+                      Exit status: 0 when every listed program is running, 3 when any is not, \
+                      4 for an unknown name.",
+        after_help = "Examples:\n  \
+                      supctl status\n  \
+                      supctl status web worker\n  \
+                      supctl status web >/dev/null || echo 'web is down'\n  \
+                      supctl --json status | jq -r '.[] | \"\\(.name) \\(.state)\"'"
+    )]
     Status {
         /// Programs to show (default: all).
         names: Vec<String>,
     },
     /// Start programs; returns once each is running or has failed.
+    #[command(
+        long_about = "Start programs. Returns once each is running (up for start_secs), has \
+                      finished its job during start_secs with an exit code listed in exit_codes, \
+                      or has failed (fatal after start_retries). A program that is already \
+                      running is an error (already_running), as Process.start() twice is.",
+        after_help = "Examples:\n  supctl start web\n  supctl start web worker\n  supctl start --all"
+    )]
     Start(Select),
     /// Stop programs: stop_signal, then SIGKILL after stop_timeout; returns once each has exited.
+    #[command(
+        long_about = "Stop programs: stop_signal (default TERM, with SIGCONT) to each program's \
+                      process group, then SIGKILL after stop_timeout, all named programs in \
+                      parallel. Returns once each has exited, saying whether the stop escalated to \
+                      SIGKILL. Stopping a program that has no process succeeds and changes nothing.",
+        after_help = "Examples:\n  supctl stop web\n  supctl stop --all\n  supctl --json stop --all | jq -r '.[] | select(.escalated) | .name'"
+    )]
     Stop(Select),
     /// Stop, then start.
+    #[command(
+        long_about = "Stop programs (as `stop`), then start them again (as `start`).",
+        after_help = "Examples:\n  supctl restart web\n  supctl restart --all"
+    )]
     Restart(Select),
     /// Send SIGKILL now.
+    #[command(
+        long_about = "Send SIGKILL to each program's process group now, without stop_signal or \
+                      stop_timeout. A program with no process is an error (not_running).",
+        after_help = "Examples:\n  supctl kill web"
+    )]
     Kill(Select),
     /// Send a signal (HUP, SIGHUP or 1) to a program's main process.
+    #[command(
+        long_about = "Send a signal to a program's main process (its whole process group with \
+                      --group). The signal is a name, with or without SIG, or a number. A \
+                      program with no process is an error (not_running).",
+        after_help = "Examples:\n  supctl signal web HUP\n  supctl signal web SIGUSR1\n  supctl signal worker 15 --group"
+    )]
     Signal {
         /// The program.
         name: String,
@@ -86,6 +153,17 @@ enum Verb {
         group: bool,
     },
     /// Wait for the current run to end; exit with its code (128+N after signal N, 124 on timeout).
+    #[command(
+        long_about = "Wait for the program's current run to end, like Process.join(timeout), and \
+                      exit with its status: the exit code, 128+N when signal N killed it, 124 \
+                      when --timeout passed first (the program keeps running). A program that is \
+                      not running answers at once with how its last run ended; one never started \
+                      is an error (not_running). Many waiters at once are fine.",
+        after_help = "Examples:\n  \
+                      supctl wait job; echo \"job ended with $?\"\n  \
+                      supctl wait job --timeout 2.5 || echo 'still running (124) or failed'\n  \
+                      supctl --json wait job"
+    )]
     Wait {
         /// The program.
         name: String,
@@ -94,6 +172,12 @@ enum Verb {
         timeout: Option<f64>,
     },
     /// Resize a pool: new members are started, the highest-numbered stopped first.
+    #[command(
+        long_about = "Resize a pool (a program with `instances`): members NAME:N are added and \
+                      started, or stopped and forgotten from the highest-numbered down. Returns \
+                      once each changed member is up or gone.",
+        after_help = "Examples:\n  supctl scale worker 4\n  supctl scale worker 1"
+    )]
     Scale {
         /// The pool (a program with `instances`).
         name: String,
@@ -101,17 +185,67 @@ enum Verb {
         instances: u32,
     },
     /// Stream state changes as they happen, until supd stops.
+    #[command(
+        long_about = "Print each state change as it happens (time, name, from -> to, pid, \
+                      returncode), until supd stops or stdout is closed. With --json, one object \
+                      a line: name, from, to, pid, returncode, exit_code, signal, escalated, time.",
+        after_help = "Examples:\n  \
+                      supctl events\n  \
+                      supctl --json events | jq -c 'select(.to == \"fatal\")'"
+    )]
     Events,
     /// Forget programs that are not running.
+    #[command(
+        long_about = "Forget programs that have no process (stop them first). A running program \
+                      is an error (running).",
+        after_help = "Examples:\n  supctl stop web && supctl remove web"
+    )]
     Remove {
         /// Program names.
         #[arg(required = true)]
         names: Vec<String>,
     },
     /// Stop every program and then supd; returns once supd has exited.
+    #[command(
+        long_about = "Shut supd down: daemon programs are stopped, the others are given \
+                      shutdown_timeout to finish, then stopped. Returns once supd has exited. \
+                      SIGTERM or SIGINT to supd does the same.",
+        after_help = "Examples:\n  supctl shutdown"
+    )]
     Shutdown,
     /// Show the daemon's version and protocol.
+    #[command(after_help = "Examples:\n  supctl version\n  supctl --json version")]
     Version,
+    /// Print a shell completion script to stdout (bash, zsh, fish, elvish, powershell).
+    #[command(
+        long_about = "Print supctl's completion script for SHELL to stdout. Needs no running supd.",
+        after_help = "Examples:\n  \
+                      supctl completions bash > /etc/bash_completion.d/supctl\n  \
+                      supctl completions zsh > \"${fpath[1]}/_supctl\"\n  \
+                      supctl completions fish > ~/.config/fish/completions/supctl.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page to stdout, or write them all with --out DIR.
+    #[command(
+        long_about = "Print the man page of supctl (or of supd) to stdout in roff. With --out \
+                      DIR, write every page into DIR instead: supctl.1, supctl-VERB.1 for each \
+                      verb, and supd.1. Needs no running supd.",
+        after_help = "Examples:\n  \
+                      supctl man | man -l -\n  \
+                      supctl man supd | man -l -\n  \
+                      supctl man --out /usr/local/share/man/man1 && mandb -q"
+    )]
+    Man {
+        /// The page to print.
+        #[arg(value_enum, default_value_t = Page::Supctl, conflicts_with = "out")]
+        page: Page,
+        /// Write every page into this folder (created if missing) instead.
+        #[arg(long, short = 'o', value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// What a verb ends with.
@@ -153,10 +287,18 @@ fn verb_name(verb: &Verb) -> &'static str {
         Verb::Events => "events",
         Verb::Shutdown => "shutdown",
         Verb::Version => "version",
+        Verb::Completions { .. } => "completions",
+        Verb::Man { .. } => "man",
     }
 }
 
 fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
+    // Verbs that need no daemon.
+    match &cli.verb {
+        Verb::Completions { shell } => return completions(*shell),
+        Verb::Man { page, out } => return man(*page, out.as_deref()),
+        _ => {}
+    }
     let mut client = Client::connect(socket)?;
     let json_out = cli.json;
     match &cli.verb {
@@ -196,6 +338,7 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Verb::Completions { .. } | Verb::Man { .. } => unreachable!("answered above"),
         Verb::Version => {
             let v: VersionResult = decode(client.call("version", json!({}))?)?;
             if json_out {
@@ -217,6 +360,73 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
 fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
     serde_json::from_value(v)
         .map_err(|e| Failure::Message(format!("supd sent an answer supctl cannot read: {e}"), 1))
+}
+
+/// Writes `bytes` to stdout. A closed pipe (`supctl man | head`) is not an
+/// error: the reader has what it wanted.
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut stdout = io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Failure::Message(format!("writing to stdout: {e}"), 1))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `completions SHELL`: the script on stdout.
+fn completions(shell: clap_complete::Shell) -> Result<u8, Failure> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "supctl", &mut script);
+    write_stdout(&script)?;
+    Ok(0)
+}
+
+/// `man [PAGE]`: one page on stdout; `man --out DIR`: every page in DIR.
+fn man(page: Page, out_dir: Option<&Path>) -> Result<u8, Failure> {
+    let supd = || clap_mangen::Man::new(sup::cli::supd_command()).source(source());
+    let Some(dir) = out_dir else {
+        let mut roff = Vec::new();
+        let rendered = match page {
+            Page::Supctl => clap_mangen::Man::new(Cli::command())
+                .source(source())
+                .render(&mut roff),
+            Page::Supd => supd().render(&mut roff),
+        };
+        rendered.map_err(|e| Failure::Message(format!("rendering the man page: {e}"), 1))?;
+        write_stdout(&roff)?;
+        return Ok(0);
+    };
+    let failed = |e: io::Error| Failure::Message(format!("{}: {e}", dir.display()), 1);
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let mut written = Vec::new();
+    // Built, so that each verb's page is named and titled supctl-VERB.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    man_pages(&cmd, dir, &mut written).map_err(failed)?;
+    written.push(supd().generate_to(dir).map_err(failed)?);
+    for path in &written {
+        out(&path.display().to_string());
+    }
+    Ok(0)
+}
+
+/// The footer of every page: `sup 0.1.0`.
+fn source() -> String {
+    format!("sup {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Writes `cmd`'s page, then one for each verb (`supctl-stop.1`), into `dir`.
+fn man_pages(cmd: &clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> io::Result<()> {
+    written.push(
+        clap_mangen::Man::new(cmd.clone())
+            .source(source())
+            .generate_to(dir)?,
+    );
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        man_pages(sub, dir, written)?;
+    }
+    Ok(())
 }
 
 /// Prints a line to stdout; a closed pipe (`supctl status | head`) is not an error.
@@ -243,12 +453,14 @@ fn status(client: &mut Client, names: &[String], json_out: bool) -> Result<u8, F
     if json_out {
         print_json(&status.programs);
     } else {
-        out(&status_table(&status.programs));
+        let colour = colour_enabled(
+            io::stdout().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+            std::env::var_os("TERM").as_deref(),
+        );
+        out(&status_table(&status.programs, colour));
     }
-    let all_running = status
-        .programs
-        .iter()
-        .all(|p| p.state == sup::protocol::State::Running);
+    let all_running = status.programs.iter().all(|p| p.state == State::Running);
     Ok(if all_running { 0 } else { 3 })
 }
 
@@ -263,7 +475,29 @@ fn human_duration(secs: f64) -> String {
     }
 }
 
-fn status_table(rows: &[ProgramStatus]) -> String {
+/// Whether `supctl status` colours its output: only on a terminal, and
+/// neither `NO_COLOR` (set and not empty, no-color.org) nor `TERM=dumb`
+/// says otherwise.
+fn colour_enabled(
+    stdout_is_terminal: bool,
+    no_color: Option<&OsStr>,
+    term: Option<&OsStr>,
+) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|v| v.is_empty()) && term.is_none_or(|t| t != "dumb")
+}
+
+/// The SGR colour of a state in the table: green up, red failed, yellow
+/// on the way somewhere; none for stopped and exited.
+fn state_colour(state: State) -> Option<&'static str> {
+    match state {
+        State::Running => Some("32"),
+        State::Fatal => Some("31"),
+        State::Starting | State::Backoff | State::Stopping => Some("33"),
+        State::Stopped | State::Exited => None,
+    }
+}
+
+fn status_table(rows: &[ProgramStatus], colour: bool) -> String {
     let mut table = vec![[
         "NAME".to_string(),
         "STATE".into(),
@@ -295,10 +529,20 @@ fn status_table(rows: &[ProgramStatus]) -> String {
             info,
         ]);
     }
-    render(&table)
+    // Row 0 is the header; the state is column 1.
+    let paint = |row: usize, col: usize| match (colour, row, col) {
+        (true, 1.., 1) => state_colour(rows[row - 1].state),
+        _ => None,
+    };
+    render(&table, paint)
 }
 
-fn render<const N: usize>(rows: &[[String; N]]) -> String {
+/// Aligns `rows` in columns two spaces apart. `paint(row, col)` may give an
+/// SGR colour for a cell; widths are those of the plain text.
+fn render<const N: usize>(
+    rows: &[[String; N]],
+    paint: impl Fn(usize, usize) -> Option<&'static str>,
+) -> String {
     let mut widths = [0usize; N];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -306,13 +550,17 @@ fn render<const N: usize>(rows: &[[String; N]]) -> String {
         }
     }
     rows.iter()
-        .map(|row| {
+        .enumerate()
+        .map(|(r, row)| {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
-                if i + 1 == N {
-                    line.push_str(cell);
-                } else {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                match paint(r, i) {
+                    Some(sgr) => line.push_str(&format!("\x1b[{sgr}m{cell}\x1b[0m")),
+                    None => line.push_str(cell),
+                }
+                if i + 1 < N {
+                    let pad = widths[i] - cell.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
             line.trim_end().to_string()
@@ -447,5 +695,76 @@ fn wait(
             Err(Failure::Message(e.message, 124))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert!(colour_enabled(true, None, os("xterm-256color")));
+        assert!(colour_enabled(true, None, None));
+        // no-color.org: set and not empty turns colour off.
+        assert!(!colour_enabled(true, os("1"), os("xterm")));
+        assert!(!colour_enabled(true, os("0"), os("xterm")));
+        assert!(colour_enabled(true, os(""), os("xterm")));
+        // Not a terminal (a pipe, a file), or a dumb one.
+        assert!(!colour_enabled(false, None, os("xterm")));
+        assert!(!colour_enabled(true, None, os("dumb")));
+    }
+
+    #[test]
+    fn states_have_the_colours_of_a_traffic_light() {
+        assert_eq!(state_colour(State::Running), Some("32"));
+        assert_eq!(state_colour(State::Fatal), Some("31"));
+        for s in [State::Starting, State::Backoff, State::Stopping] {
+            assert_eq!(state_colour(s), Some("33"), "{s}");
+        }
+        assert_eq!(state_colour(State::Stopped), None);
+        assert_eq!(state_colour(State::Exited), None);
+    }
+
+    fn row(name: &str, state: State) -> ProgramStatus {
+        serde_json::from_value(json!({
+            "name": name, "state": state, "pid": null, "returncode": null,
+            "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
+            "daemon": false, "orphans": [], "since": "", "error": null,
+        }))
+        .expect("a status row")
+    }
+
+    #[test]
+    fn coloured_columns_stay_aligned() {
+        let rows = [
+            row("web", State::Running),
+            row("a-long-name", State::Stopped),
+        ];
+        let plain = status_table(&rows, false);
+        assert!(!plain.contains('\x1b'), "{plain}");
+        let coloured = status_table(&rows, true);
+        assert!(coloured.contains("\x1b[32mrunning\x1b[0m"), "{coloured:?}");
+        // The header and stopped are not painted.
+        assert!(!coloured.contains("\x1b[32mSTATE"), "{coloured:?}");
+        assert!(coloured.contains(" stopped "), "{coloured:?}");
+        // Without the escapes, the same table.
+        let stripped = coloured.replace("\x1b[32m", "").replace("\x1b[0m", "");
+        assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(0.4), "0s");
+        assert_eq!(human_duration(59.0), "59s");
+        assert_eq!(human_duration(61.0), "1m01s");
+        assert_eq!(human_duration(3600.0 * 5.0 + 7.0 * 60.0), "5h07m");
+        assert_eq!(human_duration(86400.0 * 3.0 + 3600.0 * 4.0), "3d04h");
     }
 }

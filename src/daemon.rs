@@ -5,9 +5,12 @@
 //!    (signal-hook) before it spawns anything, so no exit is missed.
 //! 2. The socket is bound (refused if another supd holds it).
 //! 3. Autostart programs are spawned, on the main thread.
-//! 4. `READY=1` goes to systemd (`NOTIFY_SOCKET`), then the supervisor runs
-//!    until shutdown has stopped every program.
-//! 5. `STOPPING=1`, the socket file is removed, and [`run`] returns.
+//! 4. `READY=1` goes to systemd (`NOTIFY_SOCKET`) with a `STATUS=` summary,
+//!    then the supervisor runs until shutdown has stopped every program.
+//!    Meanwhile (under systemd only) [`notify`] keeps `STATUS=` current and
+//!    pings the watchdog when `WATCHDOG_USEC` asks for it.
+//! 5. `STOPPING=1` (already sent when SIGTERM/SIGINT asked for the
+//!    shutdown), the socket file is removed, and [`run`] returns.
 
 use std::path::PathBuf;
 
@@ -17,6 +20,7 @@ use signal_hook_tokio::Signals;
 
 use crate::client::default_socket_path;
 use crate::config::Config;
+use crate::notify::{self, NotifyState};
 use crate::server::{self, BindError, ControlSocket};
 use crate::supervisor::Supervisor;
 
@@ -52,12 +56,6 @@ pub fn socket_path(opts: &Options) -> PathBuf {
         .clone()
         .or_else(|| opts.config.supd.socket.clone())
         .unwrap_or_else(default_socket_path)
-}
-
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "sd_notify failed");
-    }
 }
 
 /// Runs the daemon in the foreground until shutdown. Blocks the calling
@@ -120,6 +118,7 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
                 SIGCHLD => signal_handle.reap(),
                 SIGTERM | SIGINT => {
                     tracing::info!(signal = %crate::signals::signal_name(sig), "shutdown requested");
+                    notify::send(&[NotifyState::Stopping]);
                     signal_handle.shutdown();
                 }
                 SIGHUP => tracing::info!("SIGHUP: reload is not supported yet; ignoring"),
@@ -140,19 +139,28 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
         },
     ));
 
+    // systemd: READY=1 with a STATUS= summary, then STATUS= kept current and
+    // the watchdog pinged. These tasks ask the supervisor, so they run
+    // beside it; without NOTIFY_SOCKET there is no one to tell.
     tracing::info!(socket = %path.display(), programs = opts.config.programs.len(), "supd ready");
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!(
-            "supervising {} programs on {}",
-            opts.config.programs.len(),
-            path.display()
-        )),
-    ]);
+    let mut systemd_tasks = Vec::new();
+    if notify::enabled() {
+        systemd_tasks.push(tokio::spawn(notify::ready_then_report(handle.clone())));
+        if let Some(period) = notify::watchdog_period_from_env() {
+            tracing::debug!(?period, "systemd watchdog enabled; pinging");
+            systemd_tasks.push(tokio::spawn(notify::watchdog(handle.clone(), period)));
+        }
+    }
 
     supervisor.run().await;
 
-    notify(&[sd_notify::NotifyState::Stopping]);
+    for task in systemd_tasks {
+        task.abort();
+    }
+    notify::send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopped every program; exiting"),
+    ]);
     let _ = stop_server.send(());
     let _ = server_task.await;
     signal_task.abort();

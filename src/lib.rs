@@ -9,13 +9,18 @@
 //!   run on the daemon's main thread, inside the supervisor.
 //! - [`server`] accepts control connections and turns each JSON-RPC line
 //!   ([`protocol`]) into a call on the supervisor's [`supervisor::Handle`].
-//! - [`daemon`] wires config, socket, signals and supervisor together.
+//! - [`daemon`] wires config, socket, signals and supervisor together;
+//!   [`notify`] tells systemd about it (readiness, status, watchdog).
 //! - [`client`] is the blocking client `supctl` and the tests use.
 //! - [`config`] turns TOML into a validated [`config::Config`].
+//! - [`observability`] sends supd's own logs to journald or stderr;
+//!   [`cli`] is supd's command line.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod notify;
 pub mod observability;
 pub mod procfs;
 pub mod protocol;

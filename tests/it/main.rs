@@ -3,6 +3,9 @@
 
 mod util;
 
+mod cli;
+mod deploy;
+mod golden;
 mod lifecycle;
 mod process;
 mod protocol;

@@ -9,6 +9,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,10 @@ pub struct Supd {
     pub config: PathBuf,
     pub child: Option<Child>,
     notify: UnixDatagram,
+    /// Every line received on the notify socket so far, in order.
+    notified: Mutex<Vec<String>>,
+    /// Variables added to supd's environment (`WATCHDOG_USEC`, ...).
+    pub extra_env: Vec<(String, String)>,
     pub marker: String,
 }
 
@@ -65,8 +70,20 @@ impl Supd {
         supd
     }
 
+    /// Starts supd with extra environment variables and waits for `READY=1`.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Supd {
+        let supd = Supd::spawn_with_env(config, env);
+        supd.wait_ready();
+        supd
+    }
+
     /// Starts supd without waiting for readiness.
     pub fn spawn(config: &str) -> Supd {
+        Supd::spawn_with_env(config, &[])
+    }
+
+    /// Starts supd with extra environment variables, without waiting.
+    pub fn spawn_with_env(config: &str, env: &[(&str, &str)]) -> Supd {
         let dir = tempfile::Builder::new()
             .prefix("supd-test-")
             .tempdir()
@@ -90,6 +107,11 @@ impl Supd {
             config: config_path,
             child: None,
             notify,
+            notified: Mutex::new(Vec::new()),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             marker,
             dir,
         };
@@ -111,6 +133,7 @@ impl Supd {
             .arg("-v")
             .env("NOTIFY_SOCKET", notify_path)
             .env("SUP_TEST_MARKER", &self.marker)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -131,16 +154,40 @@ impl Supd {
         std::fs::read_to_string(self.dir.path().join("supd.log")).unwrap_or_default()
     }
 
+    /// Receives one datagram from the notify socket (waiting up to its
+    /// 100 ms read timeout), records its lines and returns them.
+    fn recv_notification(&self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let Ok(n) = self.notify.recv(&mut buf) else {
+            return Vec::new();
+        };
+        let lines: Vec<String> = String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        self.notified
+            .lock()
+            .expect("notify lines")
+            .extend(lines.iter().cloned());
+        lines
+    }
+
+    /// Every line supd has sent to its notify socket so far (`READY=1`,
+    /// `STATUS=...`, `WATCHDOG=1`, ...), in order, including any that are
+    /// waiting in the socket now.
+    pub fn notifications(&self) -> Vec<String> {
+        self.notify.set_nonblocking(true).expect("non-blocking");
+        while !self.recv_notification().is_empty() {}
+        self.notify.set_nonblocking(false).expect("blocking");
+        self.notified.lock().expect("notify lines").clone()
+    }
+
     /// Waits for `READY=1` on the notify socket.
     pub fn wait_ready(&self) {
-        let mut buf = [0u8; 4096];
         let end = Instant::now() + DEADLINE;
         loop {
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                let msg = String::from_utf8_lossy(&buf[..n]);
-                if msg.lines().any(|l| l == "READY=1") {
-                    return;
-                }
+            if self.recv_notification().iter().any(|l| l == "READY=1") {
+                return;
             }
             assert!(
                 Instant::now() < end,
