@@ -10,4 +10,5 @@ mod lifecycle;
 mod process;
 mod protocol;
 mod smoke;
+mod survival;
 mod verbs;
