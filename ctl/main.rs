@@ -16,7 +16,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
-    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, State, StatusResult, VersionResult,
+    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, ReloadResult, State, StatusResult,
+    VersionResult,
 };
 
 /// Control a running supd: start, stop, signal, inspect and wait for its programs.
@@ -194,6 +195,18 @@ enum Verb {
                       supctl --json events | jq -c 'select(.to == \"fatal\")'"
     )]
     Events,
+    /// Re-read the configuration and apply the difference.
+    #[command(
+        long_about = "Re-read supd's configuration file and apply the difference: added programs \
+                      are created (and started if autostart), removed ones stopped and forgotten, \
+                      changed ones restarted with their new definition, unchanged ones left alone \
+                      (same pid). A configuration with any error changes nothing: every error is \
+                      printed as file:line:col and supctl exits 1. SIGHUP to supd does the same.",
+        after_help = "Examples:\n  \
+                      supctl reload\n  \
+                      supctl --json reload | jq .changed"
+    )]
+    Reload,
     /// Forget programs that are not running.
     #[command(
         long_about = "Forget programs that have no process (stop them first). A running program \
@@ -285,6 +298,7 @@ fn verb_name(verb: &Verb) -> &'static str {
         Verb::Remove { .. } => "remove",
         Verb::Scale { .. } => "scale",
         Verb::Events => "events",
+        Verb::Reload => "reload",
         Verb::Shutdown => "shutdown",
         Verb::Version => "version",
         Verb::Completions { .. } => "completions",
@@ -328,6 +342,7 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
             json_out,
         ),
         Verb::Events => events(&mut client, json_out),
+        Verb::Reload => reload(&mut client, json_out),
         Verb::Shutdown => {
             client.call("shutdown", json!({}))?;
             client.wait_closed()?;
@@ -627,6 +642,52 @@ fn parse_secs(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{text:?} is not a number of seconds from 0 up, such as 2.5"
         )),
+    }
+}
+
+fn reload(client: &mut Client, json_out: bool) -> Result<u8, Failure> {
+    let result: ReloadResult = match client.call("reload", json!({})) {
+        Ok(v) => decode(v)?,
+        Err(ClientError::Rpc(e)) if e.kind() == ErrorKind::Config => {
+            // Every problem, one a line, as supd --check-config prints them.
+            return Err(Failure::Message(
+                format!(
+                    "the configuration is invalid; nothing changed:\n{}",
+                    e.message
+                ),
+                1,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let failures: Vec<&Outcome> = result
+        .programs
+        .iter()
+        .filter(|o| o.error.is_some())
+        .collect();
+    if json_out {
+        print_json(&result);
+    } else {
+        for (what, names) in [
+            ("added", &result.added),
+            ("removed", &result.removed),
+            ("changed", &result.changed),
+            ("unchanged", &result.unchanged),
+        ] {
+            if !names.is_empty() {
+                out(&format!("{what}: {}", names.join(", ")));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(0)
+    } else {
+        let message = failures
+            .iter()
+            .filter_map(|o| o.error.as_ref().map(|e| e.message.clone()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Failure::Message(format!("reloaded, but: {message}"), 1))
     }
 }
 

@@ -121,7 +121,15 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
                     notify::send(&[NotifyState::Stopping]);
                     signal_handle.shutdown();
                 }
-                SIGHUP => tracing::info!("SIGHUP: reload is not supported yet; ignoring"),
+                SIGHUP => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let handle = signal_handle.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle.reload().await {
+                            tracing::error!(error = %e, "reload refused; nothing changed");
+                        }
+                    });
+                }
                 _ => {}
             }
         }

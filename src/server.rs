@@ -658,6 +658,10 @@ async fn dispatch_value(
             };
             programs(handle.signal(sel, sig, sp.group).await?)
         }
+        "reload" => {
+            let _: NamesParams = params(method, p)?;
+            to_value(handle.reload().await?)
+        }
         "scale" => {
             let sp: ScaleParams = required(method, p)?;
             programs(handle.scale(sp.name, sp.instances).await?)
@@ -669,7 +673,7 @@ async fn dispatch_value(
         other => Err(RpcError::new(
             ErrorKind::MethodNotFound,
             format!(
-                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, scale, events, shutdown)"
+                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, scale, events, reload, shutdown)"
             ),
         )),
     }

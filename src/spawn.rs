@@ -66,6 +66,14 @@ pub enum SpawnError {
         /// The errno.
         source: io::Error,
     },
+    /// `user`, `group` or a limit that supd has not the privilege to set.
+    #[error("[program.{program}]: {message}")]
+    Privilege {
+        /// The program.
+        program: String,
+        /// What was refused and how to fix it.
+        message: String,
+    },
     /// exec failed: missing binary, not executable, bad interpreter, ...
     #[error("cannot run \"{path}\": {source} (check \"command\" in [program.{program}])")]
     Exec {
@@ -114,14 +122,23 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     }
     cmd.stdin(Stdio::null());
 
+    let creds = Creds::for_program(cfg)?;
+    if let Some(user) = &cfg.user {
+        cmd.env("HOME", &user.home);
+        cmd.env("USER", &user.name);
+        cmd.env("LOGNAME", &user.name);
+        // The config's own `env` still wins.
+        cmd.envs(&cfg.env);
+    }
     let daemon = cfg.daemon;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the hook runs in the forked child before exec and makes only
-    // async-signal-safe calls (setsid, sigprocmask, sigaction, prctl,
-    // getppid, raise, close_range through syscall); it allocates nothing and
-    // takes no lock.
+    // async-signal-safe calls (setsid, sigprocmask, rt_sigaction, setrlimit,
+    // umask, setgroups, setgid, setuid, prctl, getppid, raise, close_range);
+    // it allocates nothing (`creds` was built before the fork) and takes no
+    // lock.
     unsafe {
-        cmd.pre_exec(move || child_setup(daemon, parent));
+        cmd.pre_exec(move || child_setup(daemon, parent, &creds));
     }
 
     let started = Instant::now();
@@ -153,8 +170,88 @@ fn check_cwd(program: &str, cwd: &Path) -> Result<(), SpawnError> {
     }
 }
 
+/// Credentials and limits a program gets, prepared before the fork.
+#[derive(Debug, Default)]
+struct Creds {
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    groups: Option<Vec<libc::gid_t>>,
+    umask: Option<libc::mode_t>,
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+}
+
+impl Creds {
+    /// Builds them, refusing at once (with the reason) what the kernel
+    /// would refuse in the child: a change of user or group when supd is
+    /// not root, a limit above supd's own hard limit when it is not root.
+    fn for_program(cfg: &ProgramConfig) -> Result<Creds, SpawnError> {
+        let refuse = |message: String| SpawnError::Privilege {
+            program: cfg.name.clone(),
+            message,
+        };
+        let root = nix::unistd::geteuid().is_root();
+        let mut creds = Creds::default();
+        if let Some(user) = &cfg.user {
+            if !root && user.uid != nix::unistd::geteuid().as_raw() {
+                return Err(refuse(format!(
+                    "cannot run as user \"{}\": supd runs as uid {}, not root (run supd as root, or remove \"user\")",
+                    user.name,
+                    nix::unistd::geteuid()
+                )));
+            }
+            creds.uid = Some(user.uid);
+            creds.gid = Some(user.gid);
+            creds.groups = Some(user.groups.clone());
+        }
+        if let Some(gid) = cfg.group {
+            if !root && gid != nix::unistd::getegid().as_raw() {
+                return Err(refuse(format!(
+                    "cannot run with group {gid}: supd is not root (run supd as root, or remove \"group\")"
+                )));
+            }
+            creds.gid = Some(gid);
+            match &mut creds.groups {
+                Some(groups) if !groups.contains(&gid) => groups.push(gid),
+                Some(_) => {}
+                // No user: the group alone, not supd's own supplementary groups.
+                None if root => creds.groups = Some(vec![gid]),
+                None => {}
+            }
+        }
+        creds.umask = cfg.umask.map(|m| m as libc::mode_t);
+        for (resource, limit, key) in [
+            (libc::RLIMIT_NOFILE, cfg.limit_nofile, "limit_nofile"),
+            (libc::RLIMIT_CORE, cfg.limit_core, "limit_core"),
+        ] {
+            let Some(limit) = limit else { continue };
+            let value = limit.unwrap_or(libc::RLIM_INFINITY);
+            if !root {
+                // SAFETY: getrlimit writes into the struct we pass.
+                let mut current: libc::rlimit = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; a valid resource and pointer.
+                if unsafe { libc::getrlimit(resource, &mut current) } == 0
+                    && value > current.rlim_max
+                {
+                    return Err(refuse(format!(
+                        "cannot raise {key} to {value}: supd's hard limit is {} and supd is not root",
+                        current.rlim_max
+                    )));
+                }
+            }
+            creds.limits.push((
+                resource,
+                libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                },
+            ));
+        }
+        Ok(creds)
+    }
+}
+
 /// Runs in the child between fork and exec. Only async-signal-safe calls.
-fn child_setup(daemon: bool, parent: libc::pid_t) -> io::Result<()> {
+fn child_setup(daemon: bool, parent: libc::pid_t, creds: &Creds) -> io::Result<()> {
     // SAFETY: plain system calls on this process's own state, each
     // async-signal-safe (signal-safety(7)); pointers passed are to locals.
     unsafe {
@@ -182,6 +279,32 @@ fn child_setup(daemon: bool, parent: libc::pid_t) -> io::Result<()> {
                 );
             }
         }
+        // Limits first (raising a hard limit needs root), then the mask,
+        // then groups and ids (the uid last: after it, no way back).
+        for (resource, limit) in &creds.limits {
+            if libc::setrlimit(*resource, limit) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(mask) = creds.umask {
+            libc::umask(mask);
+        }
+        if let Some(groups) = &creds.groups {
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(gid) = creds.gid {
+            if libc::setgid(gid) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(uid) = creds.uid {
+            if libc::setuid(uid) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // After the ids: a change of credentials clears the parent-death signal.
         if daemon {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());

@@ -44,6 +44,9 @@ pub struct SupdConfig {
     /// sizes). Default: `$STATE_DIRECTORY` (systemd's `StateDirectory=`),
     /// else the control socket's folder.
     pub state_dir: Option<PathBuf>,
+    /// `include`: glob patterns (relative to the config file's folder) of
+    /// files whose `[program.NAME]` tables are merged in.
+    pub include: Vec<String>,
 }
 
 /// When a program is started again after its process ended (SPEC §6
@@ -125,7 +128,36 @@ pub struct ProgramConfig {
     /// `depends_on`: programs that must be `running` before this one starts;
     /// shutdown stops this one before them.
     pub depends_on: Vec<String>,
+    /// `user` (a name or uid): run as this user, with its primary group and
+    /// supplementary groups, and `HOME`, `USER`, `LOGNAME` set. Needs root.
+    pub user: Option<RunAs>,
+    /// `group` (a name or gid): the primary group, over the user's.
+    pub group: Option<u32>,
+    /// `umask` (`"022"` or `0o022`): the file mode creation mask.
+    pub umask: Option<u32>,
+    /// `limit_nofile`: RLIMIT_NOFILE, soft and hard (a number or `"infinity"`).
+    pub limit_nofile: Option<Limit>,
+    /// `limit_core`: RLIMIT_CORE in bytes, soft and hard (a number or `"infinity"`).
+    pub limit_core: Option<Limit>,
 }
+
+/// The user a program runs as, resolved when the config is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// Every group it belongs to (getgrouplist(3)), primary included.
+    pub groups: Vec<u32>,
+    /// Its home folder.
+    pub home: PathBuf,
+}
+
+/// A resource limit: a value, or `None` for RLIM_INFINITY (`"infinity"`).
+pub type Limit = Option<u64>;
 
 impl ProgramConfig {
     /// A program running `command` with every other key at its default;
@@ -150,6 +182,11 @@ impl ProgramConfig {
             backoff_reset: Duration::from_secs(10),
             instances: None,
             depends_on: Vec::new(),
+            user: None,
+            group: None,
+            umask: None,
+            limit_nofile: None,
+            limit_core: None,
         }
     }
 }

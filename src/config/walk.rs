@@ -13,7 +13,13 @@ use super::{Config, ConfigError, ConfigErrors, ProgramConfig, RestartPolicy, Ret
 use crate::signals::parse_signal;
 
 const TOP_KEYS: &[&str] = &["supd", "program"];
-const SUPD_KEYS: &[&str] = &["socket", "shutdown_timeout", "allow_users", "state_dir"];
+const SUPD_KEYS: &[&str] = &[
+    "socket",
+    "shutdown_timeout",
+    "allow_users",
+    "state_dir",
+    "include",
+];
 const PROGRAM_KEYS: &[&str] = &[
     "command",
     "cwd",
@@ -32,6 +38,11 @@ const PROGRAM_KEYS: &[&str] = &[
     "instances",
     "depends_on",
     "orphans",
+    "user",
+    "group",
+    "umask",
+    "limit_nofile",
+    "limit_core",
 ];
 
 /// Parses a duration with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`,
@@ -63,21 +74,24 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    fn place(&self, span: &Range<usize>) -> ConfigError {
         let offset = span.start.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = self.text[line_start..offset].chars().count() + 1;
-        self.errors.push((
-            offset,
-            ConfigError {
-                file: self.file.to_path_buf(),
-                line,
-                col,
-                message: message.into(),
-            },
-        ));
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: String::new(),
+        }
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let mut e = self.place(&span);
+        e.message = message.into();
+        self.errors.push((span.start, e));
     }
 
     fn unknown_key(
@@ -232,8 +246,92 @@ impl Walker<'_> {
     }
 }
 
+/// Everything gathered from the main file and its includes.
+struct Gathered {
+    supd: SupdConfig,
+    programs: BTreeMap<String, ProgramConfig>,
+    /// Where each program is defined (message left empty).
+    places: BTreeMap<String, ConfigError>,
+    deps: Vec<DepSpan>,
+    /// `include` patterns with their places.
+    includes: Vec<(String, ConfigError)>,
+    errors: Vec<ConfigError>,
+}
+
 /// See [`Config::parse`].
 pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut g = Gathered {
+        supd: SupdConfig {
+            socket: None,
+            shutdown_timeout: Duration::from_secs(30),
+            allow_uids: Vec::new(),
+            state_dir: None,
+            include: Vec::new(),
+        },
+        programs: BTreeMap::new(),
+        places: BTreeMap::new(),
+        deps: Vec::new(),
+        includes: Vec::new(),
+        errors: Vec::new(),
+    };
+    parse_file(text, file, &base, true, &mut g);
+    let includes = std::mem::take(&mut g.includes);
+    let mut seen = std::collections::BTreeSet::new();
+    for (pattern, place) in includes {
+        let full = base.join(&pattern);
+        let paths = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => paths,
+            Err(e) => {
+                g.errors.push(ConfigError {
+                    message: format!("invalid include pattern {pattern:?}: {e}"),
+                    ..place
+                });
+                continue;
+            }
+        };
+        let mut files: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+        files.sort();
+        for path in files {
+            if path == file || !seen.insert(path.clone()) {
+                continue;
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let dir = path
+                        .parent()
+                        .map_or_else(|| base.clone(), Path::to_path_buf);
+                    parse_file(&text, &path, &dir, false, &mut g);
+                }
+                Err(e) => g.errors.push(ConfigError {
+                    message: format!("cannot read included file {}: {e}", path.display()),
+                    ..place.clone()
+                }),
+            }
+        }
+    }
+    check_dependencies(&g.programs, &g.deps, &mut g.errors);
+    // File order: the main file first, then the included ones; by place within each.
+    g.errors.sort_by(|a, b| {
+        (a.file != file, &a.file, a.line, a.col).cmp(&(b.file != file, &b.file, b.line, b.col))
+    });
+    if g.errors.is_empty() {
+        Ok(Config {
+            path: file.to_path_buf(),
+            supd: g.supd,
+            programs: g.programs,
+        })
+    } else {
+        Err(ConfigErrors(g.errors))
+    }
+}
+
+/// Walks one file: the main one (`[supd]` and `[program.*]`) or an included
+/// one (`[program.*]` only).
+fn parse_file(text: &str, file: &Path, base: &Path, main: bool, g: &mut Gathered) {
     let mut w = Walker {
         file,
         text,
@@ -245,54 +343,46 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             let span = e.span().unwrap_or(0..0);
             let message = e.message().trim().to_string();
             w.error(span, format!("invalid TOML: {message}"));
-            return Err(finish(w.errors));
+            g.errors.extend(finish(w.errors).0);
+            return;
         }
     };
-    let base = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-
-    let mut supd = SupdConfig {
-        socket: None,
-        shutdown_timeout: Duration::from_secs(30),
-        allow_uids: Vec::new(),
-        state_dir: None,
-    };
-    let mut programs = BTreeMap::new();
-    let mut dep_spans = Vec::new();
-
     for (key, value) in root.get_ref().iter() {
         match key.get_ref().as_ref() {
-            "supd" => {
+            "supd" if main => {
                 if let Some(t) = w.table(value, "[supd]") {
-                    walk_supd(&mut w, t, &base, &mut supd);
+                    walk_supd(&mut w, t, base, &mut g.supd, &mut g.includes);
                 }
             }
             "program" => {
                 if let Some(t) = w.table(value, "[program]") {
                     for (name, body) in t.iter() {
-                        if let Some(p) = walk_program(&mut w, name, body, &base, &mut dep_spans) {
-                            programs.insert(p.name.clone(), p);
+                        let Some(p) = walk_program(&mut w, name, body, base, &mut g.deps) else {
+                            continue;
+                        };
+                        let here = w.place(&name.span());
+                        if let Some(first) = g.places.get(&p.name) {
+                            let first =
+                                format!("{}:{}:{}", first.file.display(), first.line, first.col);
+                            w.error(
+                                name.span(),
+                                format!("program \"{}\" is defined twice: here and at {first} (rename or remove one)", p.name),
+                            );
+                            continue;
                         }
+                        g.places.insert(p.name.clone(), here);
+                        g.programs.insert(p.name.clone(), p);
                     }
                 }
             }
+            "supd" => w.error(
+                key.span(),
+                "[supd] belongs in the main configuration file, not in an included one",
+            ),
             _ => w.unknown_key(key, "the top level", TOP_KEYS),
         }
     }
-
-    check_dependencies(&mut w, &programs, &dep_spans);
-
-    if w.errors.is_empty() {
-        Ok(Config {
-            path: file.to_path_buf(),
-            supd,
-            programs,
-        })
-    } else {
-        Err(finish(w.errors))
-    }
+    g.errors.extend(finish(w.errors).0);
 }
 
 fn finish(mut errors: Vec<(usize, ConfigError)>) -> ConfigErrors {
@@ -300,9 +390,24 @@ fn finish(mut errors: Vec<(usize, ConfigError)>) -> ConfigErrors {
     ConfigErrors(errors.into_iter().map(|(_, e)| e).collect())
 }
 
-fn walk_supd(w: &mut Walker<'_>, t: &DeTable<'_>, base: &Path, supd: &mut SupdConfig) {
+fn walk_supd(
+    w: &mut Walker<'_>,
+    t: &DeTable<'_>,
+    base: &Path,
+    supd: &mut SupdConfig,
+    includes: &mut Vec<(String, ConfigError)>,
+) {
     for (key, value) in t.iter() {
         match key.get_ref().as_ref() {
+            "include" => {
+                if let Some(patterns) = w.string_array(value, "include") {
+                    let place = w.place(&value.span());
+                    for pattern in patterns {
+                        supd.include.push(pattern.clone());
+                        includes.push((pattern, place.clone()));
+                    }
+                }
+            }
             "socket" => supd.socket = w.path(value, "socket", base),
             "state_dir" => supd.state_dir = w.path(value, "state_dir", base),
             "shutdown_timeout" => {
@@ -432,6 +537,35 @@ fn walk_program(
                     p.daemon = b;
                 }
             }
+            "user" => p.user = walk_user(w, value),
+            "group" => p.group = walk_group(w, value),
+            "umask" => match value.get_ref() {
+                DeValue::String(text) => {
+                    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+                        Ok(m) if m <= 0o777 => p.umask = Some(m),
+                        _ => w.error(
+                            value.span(),
+                            format!(
+                                "\"umask\" must be an octal mode such as \"022\", not {text:?}"
+                            ),
+                        ),
+                    }
+                }
+                DeValue::Integer(_) => match w.integer(value, k) {
+                    Some(m) if (0..=0o777).contains(&m) => p.umask = Some(m as u32),
+                    Some(_) => w.error(value.span(), "\"umask\" must be from 0o000 to 0o777"),
+                    None => {}
+                },
+                other => w.error(
+                    value.span(),
+                    format!(
+                        "\"umask\" must be an octal string such as \"022\" or 0o022, not {}",
+                        other.type_str()
+                    ),
+                ),
+            },
+            "limit_nofile" => p.limit_nofile = walk_limit(w, value, k),
+            "limit_core" => p.limit_core = walk_limit(w, value, k),
             "orphans" => {
                 if let Some(s) = w.string(value, k) {
                     match s.as_str() {
@@ -542,7 +676,7 @@ fn walk_program(
                                 dep_spans.push(DepSpan {
                                     program: pname.clone(),
                                     dep: dep.clone(),
-                                    span: item.span(),
+                                    place: w.place(&item.span()),
                                 });
                                 p.depends_on.push(dep);
                             }
@@ -576,30 +710,31 @@ fn walk_program(
 pub(super) struct DepSpan {
     program: String,
     dep: String,
-    span: Range<usize>,
+    place: ConfigError,
 }
 
 /// Reports dependencies on unknown programs and dependency cycles, each at
 /// the `depends_on` entry that closes it.
 fn check_dependencies(
-    w: &mut Walker<'_>,
     programs: &BTreeMap<String, ProgramConfig>,
     deps: &[DepSpan],
+    errors: &mut Vec<ConfigError>,
 ) {
     for d in deps {
         if programs.contains_key(&d.program) && !programs.contains_key(&d.dep) {
-            w.error(
-                d.span.clone(),
-                format!(
+            errors.push(ConfigError {
+                message: format!(
                     "{} depends on \"{}\", which is not a program here (define [program.{}] or remove it)",
                     d.program, d.dep, d.dep
                 ),
-            );
+                ..d.place.clone()
+            });
         }
     }
-    // Depth-first search; 0 = unseen, 1 = on the path, 2 = done.
+    // Depth-first search; 1 = on the path, 2 = done.
     let mut mark: BTreeMap<&str, u8> = BTreeMap::new();
     let mut reported = std::collections::BTreeSet::new();
+    let mut found = Vec::new();
     for start in programs.keys() {
         let mut path: Vec<&str> = Vec::new();
         visit(start, programs, &mut mark, &mut path, &mut |cycle: Vec<
@@ -607,24 +742,26 @@ fn check_dependencies(
         >| {
             let mut key: Vec<&str> = cycle.clone();
             key.sort_unstable();
-            if !reported.insert(key.join(",")) {
-                return;
+            if reported.insert(key.join(",")) {
+                found.push(cycle);
             }
-            let (last, first) = (cycle[cycle.len() - 1], cycle[0]);
-            let span = deps
-                .iter()
-                .find(|d| d.program == last && d.dep == first)
-                .map_or(0..0, |d| d.span.clone());
-            let mut shown: Vec<&str> = cycle.clone();
-            shown.push(first);
-            w.error(
-                span,
-                format!(
-                    "dependency cycle: {} (remove one of these depends_on entries)",
-                    shown.join(" -> ")
-                ),
-            );
         });
+    }
+    for cycle in found {
+        let (last, first) = (cycle[cycle.len() - 1], cycle[0]);
+        let place = deps
+            .iter()
+            .find(|d| d.program == last && d.dep == first)
+            .map(|d| d.place.clone());
+        let mut shown: Vec<&str> = cycle.clone();
+        shown.push(first);
+        let message = format!(
+            "dependency cycle: {} (remove one of these depends_on entries)",
+            shown.join(" -> ")
+        );
+        if let Some(place) = place {
+            errors.push(ConfigError { message, ..place });
+        }
     }
 }
 
@@ -655,4 +792,94 @@ fn visit<'a>(
     }
     path.pop();
     mark.insert(name, 2);
+}
+
+fn walk_user(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>) -> Option<super::RunAs> {
+    use nix::unistd::{Uid, User};
+    let user = match value.get_ref() {
+        DeValue::String(name) => User::from_name(name).ok().flatten().ok_or(format!(
+            "unknown user \"{name}\": give an existing user name or a uid"
+        )),
+        DeValue::Integer(i) => match i.as_str().parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .ok_or(format!("unknown uid {uid}: no such user")),
+            Err(_) => Err("a uid is from 0 to 4294967295".to_string()),
+        },
+        other => Err(format!(
+            "\"user\" must be a user name or a uid, not {}",
+            other.type_str()
+        )),
+    };
+    let user = match user {
+        Ok(u) => u,
+        Err(message) => {
+            w.error(value.span(), message);
+            return None;
+        }
+    };
+    let groups = std::ffi::CString::new(user.name.clone())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, user.gid).ok())
+        .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|| vec![user.gid.as_raw()]);
+    Some(super::RunAs {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        home: user.dir,
+    })
+}
+
+fn walk_group(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>) -> Option<u32> {
+    use nix::unistd::{Gid, Group};
+    let group = match value.get_ref() {
+        DeValue::String(name) => Group::from_name(name).ok().flatten().ok_or(format!(
+            "unknown group \"{name}\": give an existing group name or a gid"
+        )),
+        DeValue::Integer(i) => match i.as_str().parse::<u32>() {
+            Ok(gid) => Group::from_gid(Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .ok_or(format!("unknown gid {gid}: no such group")),
+            Err(_) => Err("a gid is from 0 to 4294967295".to_string()),
+        },
+        other => Err(format!(
+            "\"group\" must be a group name or a gid, not {}",
+            other.type_str()
+        )),
+    };
+    match group {
+        Ok(g) => Some(g.gid.as_raw()),
+        Err(message) => {
+            w.error(value.span(), message);
+            None
+        }
+    }
+}
+
+fn walk_limit(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>, key: &str) -> Option<super::Limit> {
+    match value.get_ref() {
+        DeValue::String(s) if s == "infinity" || s == "unlimited" => Some(None),
+        DeValue::Integer(_) => match w.integer(value, key) {
+            Some(n) if n >= 0 => Some(Some(n as u64)),
+            Some(_) => {
+                w.error(value.span(), format!("\"{key}\" must be 0 or more"));
+                None
+            }
+            None => None,
+        },
+        other => {
+            w.error(
+                value.span(),
+                format!(
+                    "\"{key}\" must be a number or \"infinity\", not {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
 }

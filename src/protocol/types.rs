@@ -355,3 +355,22 @@ impl WaitResult {
         }
     }
 }
+
+/// The result of `reload`: program (or pool) names by what happened to
+/// them, and the outcome of every stop, restart and start it caused.
+/// `{"added": ["new"], "removed": ["old"], "changed": ["web"],
+/// "unchanged": ["db"], "programs": [Outcome, ...]}`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadResult {
+    /// Defined now, not before: created (started if `autostart`).
+    pub added: Vec<String>,
+    /// Defined before, not now: stopped and forgotten.
+    pub removed: Vec<String>,
+    /// Defined differently: restarted with the new definition if up.
+    pub changed: Vec<String>,
+    /// The same: left alone.
+    pub unchanged: Vec<String>,
+    /// Outcomes of what was stopped, restarted or started.
+    #[serde(default)]
+    pub programs: Vec<Outcome>,
+}

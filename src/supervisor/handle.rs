@@ -6,13 +6,16 @@ use futures_util::future::join_all;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{Msg, Pending, WaitTicket};
-use crate::protocol::{ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError};
+use crate::protocol::{
+    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, ReloadResult, RpcError,
+};
 use crate::signals::Sig;
 
 /// A cheap, cloneable sender to the supervisor.
 #[derive(Debug, Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Msg>,
+    config_path: std::sync::Arc<std::path::PathBuf>,
 }
 
 fn gone() -> RpcError {
@@ -47,8 +50,11 @@ async fn collect(pending: Vec<Pending>) -> Result<Vec<Outcome>, RpcError> {
 }
 
 impl Handle {
-    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>) -> Self {
-        Handle { tx }
+    pub(super) fn new(tx: mpsc::UnboundedSender<Msg>, config_path: std::path::PathBuf) -> Self {
+        Handle {
+            tx,
+            config_path: std::sync::Arc::new(config_path),
+        }
     }
 
     async fn ask<T>(
@@ -190,6 +196,34 @@ impl Handle {
             .send(Msg::Subscribe { reply: tx })
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
+    }
+
+    /// `reload`: reads the configuration file again and applies the
+    /// difference (see `reload.rs`). Returns once removed programs have
+    /// stopped and changed or added ones have started (or failed to);
+    /// their outcomes are in the result. Tells systemd `RELOADING=1`, then
+    /// `READY=1`.
+    ///
+    /// # Errors
+    /// `config` with every problem as `file:line:col: message` (one a line)
+    /// when the file is unreadable or invalid: then nothing changed.
+    pub async fn reload(&self) -> Result<ReloadResult, RpcError> {
+        crate::notify::send(&[crate::notify::NotifyState::Reloading]);
+        let outcome = async {
+            let config = crate::config::Config::load(&self.config_path)
+                .map_err(|e| RpcError::new(ErrorKind::Config, e.to_string()))?;
+            let (mut result, pending) = self
+                .ask(|reply| Msg::Reload {
+                    config: Box::new(config),
+                    reply,
+                })
+                .await?;
+            result.programs = collect(pending).await?;
+            Ok(result)
+        }
+        .await;
+        crate::notify::send(&[crate::notify::NotifyState::Ready]);
+        outcome
     }
 
     /// `remove`: forgets programs that have no process.

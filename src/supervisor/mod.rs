@@ -19,6 +19,7 @@ mod handle;
 pub mod machine;
 mod orphans;
 mod program;
+mod reload;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -118,6 +119,13 @@ pub enum Msg {
         instances: u32,
         /// Outcomes to come, for the members started or stopped.
         reply: Reply<Vec<Pending>>,
+    },
+    /// `reload`: apply a new, already validated configuration.
+    Reload {
+        /// The new configuration.
+        config: Box<Config>,
+        /// What changed, and the outcomes to come.
+        reply: Reply<(crate::protocol::ReloadResult, Vec<Pending>)>,
     },
     /// `events`: a receiver of every state change from now on.
     Subscribe {
@@ -252,7 +260,7 @@ impl Supervisor {
             shutdown_timeout: config.supd.shutdown_timeout,
             shutdown_forced: false,
         };
-        (sup, Handle::new(tx))
+        (sup, Handle::new(tx, config.path.clone()))
     }
 
     /// The `SUP_SUPD` marker every program of this supd carries.
@@ -343,6 +351,9 @@ impl Supervisor {
                 reply,
             } => {
                 let _ = reply.send(self.scale(&name, instances));
+            }
+            Msg::Reload { config, reply } => {
+                let _ = reply.send(self.reload(&config));
             }
             Msg::Subscribe { reply } => {
                 let _ = reply.send(self.events.subscribe());
@@ -942,7 +953,10 @@ impl Supervisor {
         while let Some((name, to)) = self.transitions.pop_front() {
             match to {
                 State::Running => self.release_waiting(),
-                State::Fatal => self.fail_waiting(&name),
+                State::Fatal => {
+                    self.fail_waiting(&name);
+                    self.restart_redefined(&name);
+                }
                 State::Stopped
                     if self
                         .programs
@@ -951,6 +965,7 @@ impl Supervisor {
                 {
                     self.forget(&name);
                 }
+                State::Stopped | State::Exited => self.restart_redefined(&name),
                 _ => {}
             }
             if self.shutting_down {

@@ -46,6 +46,9 @@ pub(super) struct Program {
     pub shutdown_sent: bool,
     /// Its process was adopted from an earlier supd (not our child).
     pub adopted: bool,
+    /// A reload changed its definition: once stopped, it takes this one and
+    /// starts again, answering the sender.
+    pub pending_restart: Option<(ProgramConfig, oneshot::Sender<Outcome>)>,
     pub start_waiters: Vec<oneshot::Sender<Outcome>>,
     pub stop_waiters: Vec<oneshot::Sender<Outcome>>,
     pub exit_waiters: Vec<oneshot::Sender<WaitResult>>,
@@ -69,6 +72,7 @@ impl Program {
             remove_when_stopped: false,
             shutdown_sent: false,
             adopted: false,
+            pending_restart: None,
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             exit_waiters: Vec::new(),

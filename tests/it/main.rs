@@ -9,6 +9,7 @@ mod golden;
 mod lifecycle;
 mod process;
 mod protocol;
+mod reload;
 mod smoke;
 mod survival;
 mod verbs;
