@@ -69,7 +69,8 @@ pub enum OrphanPolicy {
     /// program's stop), whether they stayed in its process group or not.
     Kill,
     /// `"keep"`: leave them running; they are listed under the program's
-    /// `orphans` in status, and still reaped by supd when they end.
+    /// `orphans` in status, and still reaped by supd when they end. A stop
+    /// signals the main process only (systemd's `KillMode=process`).
     Keep,
 }
 

@@ -1069,17 +1069,23 @@ impl Supervisor {
                         p.retry_at = Some(Instant::now() + delay);
                     }
                     Action::CancelTimer => p.cancel_timer(),
-                    Action::SendStopSignal => {
+                    Action::SendStopSignal | Action::SendKill => {
+                        let sig = match action {
+                            Action::SendKill => libc::SIGKILL,
+                            _ => p.cfg.stop_signal.0,
+                        };
                         if let Some(child) = &p.child {
-                            signal_program(name, child, p.adopted, p.cfg.stop_signal.0);
-                            signal_program(name, child, p.adopted, libc::SIGCONT);
-                            orphans::signal_orphans(name, p.cfg.stop_signal.0, &self.by_pid);
-                        }
-                    }
-                    Action::SendKill => {
-                        if let Some(child) = &p.child {
-                            signal_program(name, child, p.adopted, libc::SIGKILL);
-                            orphans::signal_orphans(name, libc::SIGKILL, &self.by_pid);
+                            if p.cfg.orphans == crate::config::OrphanPolicy::Keep {
+                                // Like systemd's KillMode=process: only the
+                                // main process; what it started is kept.
+                                signal_main(name, child, sig);
+                            } else {
+                                signal_program(name, child, p.adopted, sig);
+                                orphans::signal_orphans(name, sig, &self.by_pid);
+                            }
+                            if sig != libc::SIGKILL {
+                                signal_program(name, child, p.adopted, libc::SIGCONT);
+                            }
                         }
                     }
                 }
@@ -1121,6 +1127,15 @@ impl Supervisor {
             });
             settle_waiters(p, to);
             self.transitions.push_back((name.to_string(), to));
+        }
+    }
+}
+
+/// Sends `sig` to a program's main process only, through its pidfd.
+fn signal_main(name: &str, child: &spawn::Child, sig: i32) {
+    if let Err(e) = spawn::pidfd_send_signal(&child.pidfd, sig) {
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(program = %name, pid = child.pid, signal = sig, error = %e, "could not signal the main process");
         }
     }
 }

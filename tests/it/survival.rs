@@ -970,7 +970,6 @@ fn find_orphans(supd: &Supd, main: u32, n: usize) -> Vec<u32> {
 }
 
 #[test]
-#[ignore = "BUG: orphans = \"keep\" orphans are killed by `supctl stop` (the stop signal goes to the whole process group and to every adopted orphan whatever the policy)"]
 fn orphans_keep_survive_the_stop_of_their_program() {
     // config: "keep": leave them running; they are listed under the
     // program's `orphans` in status, and still reaped by supd when they end
