@@ -109,28 +109,36 @@ impl StateFile {
         }
     }
 
-    /// Writes the file atomically.
+    /// Writes the file atomically: a temporary file in the same folder,
+    /// then a rename, so a crash of supd leaves the old file or the new one.
+    /// With `durable`, the data and the folder are also fsync'ed, so the
+    /// change survives a power loss too: that is for what users asked
+    /// (desired states, pool sizes). Process records alone need not be:
+    /// after a reboot they are discarded anyway (the boot id).
     ///
     /// # Errors
     /// The I/O error (a full disk, a read-only folder); the old file is then intact.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    pub fn save(&self, path: &Path, durable: bool) -> io::Result<()> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let mut state = self.clone();
-        state.version = 1;
-        let bytes = serde_json::to_vec_pretty(&state).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         {
             let mut file = File::create(&tmp)?;
             file.write_all(&bytes)?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
         }
         std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 }
 
@@ -146,7 +154,8 @@ mod tests {
         let mut s = StateFile::default();
         s.desired.insert("web".into(), Desired::Stopped);
         s.scale.insert("worker".into(), 4);
-        s.save(&path).expect("save");
+        s.version = 1;
+        s.save(&path, true).expect("save");
         let back = StateFile::load(&path);
         assert_eq!(back.desired["web"], Desired::Stopped);
         assert_eq!(back.scale["worker"], 4);

@@ -40,8 +40,7 @@ impl Supervisor {
             return;
         }
         self.state_dirty = true;
-        let this_boot = procfs::boot_id();
-        if this_boot.is_none() || self.state.boot_id != this_boot {
+        if self.boot_id.is_none() || self.state.boot_id != self.boot_id {
             tracing::info!("the state file's processes are from another boot: adopting none");
             return;
         }

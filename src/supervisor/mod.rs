@@ -178,6 +178,10 @@ pub struct Supervisor {
     state: StateFile,
     /// The state file needs writing.
     state_dirty: bool,
+    /// ... and fsync'ing (a change users asked for).
+    state_durable: bool,
+    /// This boot's id, read once.
+    boot_id: Option<String>,
     /// `SUP_SUPD` given to every program: `supd pid.start time`.
     marker: String,
     shutdown_timeout: Duration,
@@ -252,6 +256,8 @@ impl Supervisor {
             state_path,
             state,
             state_dirty: false,
+            state_durable: false,
+            boot_id: crate::procfs::boot_id(),
             marker: format!(
                 "{}.{}",
                 std::process::id(),
@@ -491,8 +497,11 @@ impl Supervisor {
         self.save_state();
     }
 
+    /// Marks a change users asked for (desired state, pool size): written
+    /// durably at the next flush.
     fn save_state(&mut self) {
         self.state_dirty = true;
+        self.state_durable = true;
     }
 
     /// Writes the state file if anything in it changed.
@@ -501,9 +510,11 @@ impl Supervisor {
             return;
         }
         self.state_dirty = false;
+        let durable = std::mem::take(&mut self.state_durable);
         if let Some(path) = &self.state_path {
-            self.state.boot_id = crate::procfs::boot_id();
-            if let Err(e) = self.state.save(path) {
+            self.state.version = 1;
+            self.state.boot_id.clone_from(&self.boot_id);
+            if let Err(e) = self.state.save(path, durable) {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the state file; desired states and live processes will not survive a restart of supd");
             }
         }
