@@ -208,11 +208,7 @@ fn closed_pipe() -> OwnedFd {
 }
 
 fn with_closed_stdout(supd: &Supd, args: &[&str]) -> Output {
-    Command::new(SUPCTL)
-        .arg("--socket")
-        .arg(&supd.socket)
-        .args(args)
-        .stdin(Stdio::null())
+    supctl_cmd(&supd.socket, args)
         .stdout(Stdio::from(closed_pipe()))
         .stderr(Stdio::piped())
         .output()
@@ -253,11 +249,7 @@ start_secs = "0s"
 "#,
     );
     supd.wait_state("web", "running");
-    let mut child = Command::new(SUPCTL)
-        .arg("--socket")
-        .arg(&supd.socket)
-        .arg("events")
-        .stdin(Stdio::null())
+    let mut child = supctl_cmd(&supd.socket, &["events"])
         .stdout(Stdio::from(closed_pipe()))
         .stderr(Stdio::piped())
         .spawn()

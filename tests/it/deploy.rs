@@ -7,7 +7,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -345,10 +344,7 @@ impl JournaledSupd {
         let config_path = write_file(dir.path(), "supd.toml", config);
         let socket = dir.path().join("supd.sock");
         let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
+        let notify = notify_socket(&notify_path);
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let other = std::fs::File::create(dir.path().join("other")).expect("other file");
         let id = if stream_matches { &stderr } else { &other }
@@ -391,7 +387,6 @@ impl JournaledSupd {
     }
 
     fn wait_ready(&mut self) {
-        let mut buf = [0u8; 4096];
         poll("READY=1 from supd in its namespace", DEADLINE, || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
@@ -400,25 +395,13 @@ impl JournaledSupd {
                     self.stderr()
                 );
             }
-            let n = self.notify.recv(&mut buf).ok()?;
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-                .then_some(())
+            ready_notified(&self.notify)
         });
     }
 
     fn ctl(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(SUPCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("supctl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, err) = output_text(&supctl_at(&self.socket, args));
+        (code, err)
     }
 
     /// Records received on the fake journald socket so far.
@@ -450,11 +433,7 @@ impl Drop for JournaledSupd {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        for pid in processes_with_env("SUP_TEST_MARKER", &self.marker) {
-            // SAFETY: kill(2) with a pid just read from /proc whose
-            // environment carries this test's marker.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_marked(&self.marker);
     }
 }
 

@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 
 use serde_json::{Map, Value, json};
@@ -90,13 +90,6 @@ fn check(name: &str, live: &Value) {
     );
 }
 
-fn ctl_json(supd: &Supd, args: &[&str]) -> (i32, Value) {
-    let (code, out, err) = supd.ctl_text(args);
-    let value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("supctl {args:?}: not JSON ({e}): {out:?} {err}"));
-    (code, value)
-}
-
 const CONFIG: &str = r#"
 [program.web]
 command = ["sleep", "300"]
@@ -116,25 +109,17 @@ fn supctl_json_status_stop_and_wait() {
     let supd = Supd::start(CONFIG);
     supd.wait_state("web", "running");
 
-    let (code, status) = ctl_json(&supd, &["--json", "status", "web"]);
+    let (code, status, _) = ctl_json(&supd, &["status", "web"]);
     assert_eq!(code, 0);
     check("status", &status);
 
-    let (code, stop) = ctl_json(&supd, &["--json", "stop", "web"]);
+    let (code, stop, _) = ctl_json(&supd, &["stop", "web"]);
     assert_eq!(code, 0);
     check("stop", &stop);
 
     // A job that exits 3 once released; wait reports how it ended.
     start_job(&supd);
-    let waiter = Command::new(SUPCTL)
-        .arg("--socket")
-        .arg(&supd.socket)
-        .args(["--json", "wait", "job"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("supctl wait");
+    let waiter = supd.ctl_spawn(&["--json", "wait", "job"]);
     release_job(&supd);
     let out = waiter.wait_with_output().expect("supctl wait");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -171,11 +156,7 @@ fn release_job(supd: &Supd) {
 fn supctl_json_events_line() {
     let supd = Supd::start(CONFIG);
     supd.wait_state("web", "running");
-    let mut events = Command::new(SUPCTL)
-        .arg("--socket")
-        .arg(&supd.socket)
-        .args(["--json", "events"])
-        .stdin(Stdio::null())
+    let mut events = supctl_cmd(&supd.socket, &["--json", "events"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

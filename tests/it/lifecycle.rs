@@ -17,13 +17,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// One `[program.NAME]` table running `argv`, with `extra` keys.
-fn prog(name: &str, argv: &[&str], extra: &str) -> String {
-    // A JSON array of strings is a valid TOML inline array.
-    let command = serde_json::to_string(argv).expect("argv as JSON");
-    format!("[program.{name}]\ncommand = {command}\n{extra}\n")
-}
-
 /// `sh -c SCRIPT` as a program.
 fn sh(name: &str, script: &str, extra: &str) -> String {
     prog(name, &["sh", "-c", script], extra)
@@ -36,30 +29,6 @@ fn ctl_ok(supd: &Supd, args: &[&str]) -> String {
     out
 }
 
-/// The current pid of a running program.
-fn running_pid(supd: &Supd, name: &str) -> u32 {
-    supd.wait_state(name, "running")
-        .pid
-        .expect("a running program has a pid")
-}
-
-/// The value of `key` in the environment of process `pid`.
-fn proc_env(pid: u32, key: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{key}=");
-    env.split(|&b| b == 0).find_map(|var| {
-        var.strip_prefix(prefix.as_bytes())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
-
-/// Fields of `/proc/PID/stat` from field 3 (the state) on.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
 /// Clock ticks a second (`sysconf(_SC_CLK_TCK)`).
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -69,9 +38,7 @@ fn clock_ticks() -> u64 {
 
 /// When process `pid` started, in seconds since boot (field 22).
 fn start_time_secs(pid: u32) -> f64 {
-    let f = stat_fields(pid).expect("process exists");
-    let ticks: u64 = f[19].parse().expect("starttime");
-    ticks as f64 / clock_ticks() as f64
+    start_time(pid).expect("process exists") as f64 / clock_ticks() as f64
 }
 
 /// CPU time (utime + stime, fields 14 and 15) of `pid`, in clock ticks.
@@ -101,37 +68,6 @@ fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
 /// Whether `e` is `name` entering `to`.
 fn is(e: &Value, name: &str, to: &str) -> bool {
     e["name"] == name && e["to"] == to
-}
-
-/// Runs a command to its end, bounded: (exit status, stdout, stderr).
-fn run_bounded(cmd: &mut Command, deadline: Duration) -> (i32, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let end = Instant::now() + deadline;
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            break;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "{cmd:?} still running after {deadline:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The events a subscriber has received, as JSON objects, read on a
@@ -170,14 +106,12 @@ impl EventLog {
     /// Runs `supctl [--json] events` in the background and reads its lines
     /// (JSON objects with `json`, else `{"line": TEXT}`).
     fn supctl(supd: &Supd, json: bool) -> EventLog {
-        let mut cmd = Command::new(SUPCTL);
-        cmd.arg("--socket").arg(&supd.socket);
-        if json {
-            cmd.arg("--json");
-        }
-        let mut child = cmd
-            .arg("events")
-            .stdin(Stdio::null())
+        let args: &[&str] = if json {
+            &["--json", "events"]
+        } else {
+            &["events"]
+        };
+        let mut child = supctl_cmd(&supd.socket, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -732,7 +666,7 @@ fn a_pool_runs_numbered_instances_with_sup_instance() {
         let name = format!("x:{i}");
         let pid = running_pid(&supd, &name);
         assert_eq!(
-            proc_env(pid, "SUP_INSTANCE").as_deref(),
+            environ_var(pid, "SUP_INSTANCE").as_deref(),
             Some(i.to_string().as_str()),
             "{name} (pid {pid})"
         );
@@ -798,7 +732,11 @@ fn scale_grows_and_shrinks_highest_first() {
     let mut pids = Vec::new();
     for i in 0..5 {
         let pid = running_pid(&supd, &format!("x:{i}"));
-        assert_eq!(proc_env(pid, "SUP_INSTANCE"), Some(i.to_string()), "x:{i}");
+        assert_eq!(
+            environ_var(pid, "SUP_INSTANCE"),
+            Some(i.to_string()),
+            "x:{i}"
+        );
         pids.push(pid);
     }
 
@@ -1344,12 +1282,7 @@ fn events_show_an_escalated_stop() {
     ));
     let pid = running_pid(&supd, "stubborn");
     // Wait until the trap is in place (SIGTERM ignored).
-    poll("the TERM trap", DEADLINE, || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let ign = status.lines().find(|l| l.starts_with("SigIgn:"))?;
-        let mask = u64::from_str_radix(ign.split_whitespace().nth(1)?, 16).ok()?;
-        (mask & (1 << (libc::SIGTERM - 1)) != 0).then_some(())
-    });
+    wait_ignores(pid, libc::SIGTERM);
     let mut log = EventLog::subscribe(&supd);
     ctl_ok(&supd, &["stop", "stubborn"]);
     let stopping = log.wait_to("stubborn", "stopping");

@@ -5,11 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,42 +19,6 @@ use crate::util::*;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// The real python interpreter (not a pyenv shim script), so a program's
-/// pid is python's from the start.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed by these tests");
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!path.is_empty(), "python3 did not name its executable");
-        path
-    })
-}
-
-/// A TOML basic string for `s` (JSON string syntax is valid TOML).
-fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("string")
-}
-
-/// A TOML array of strings.
-fn argv(args: &[&str]) -> String {
-    format!(
-        "[{}]",
-        args.iter().map(|a| q(a)).collect::<Vec<_>>().join(", ")
-    )
-}
-
-/// Fields of `/proc/PID/stat` after the command name: index 0 is the state,
-/// 1 the ppid, 2 the process group, 3 the session.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = text.get(text.rfind(')')? + 2..)?;
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
 /// `(pgid, sid)` of a live process.
 fn pgid_sid(pid: u32) -> Option<(u32, u32)> {
     let f = stat_fields(pid)?;
@@ -65,81 +27,10 @@ fn pgid_sid(pid: u32) -> Option<(u32, u32)> {
 
 /// Live (non-zombie) members of process group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if alive(pid) && pgid_sid(pid).is_some_and(|(g, _)| g == pgid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// A hex signal-set line of `/proc/PID/status` ("SigBlk", "SigIgn", "SigCgt").
-fn sig_set(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(&format!("{field}:")))?;
-    u64::from_str_radix(line[field.len() + 1..].trim(), 16).ok()
-}
-
-fn has_sig(set: u64, sig: i32) -> bool {
-    set & (1u64 << (sig - 1)) != 0
-}
-
-/// Waits until `pid` ignores `sig` (its handler is installed, so a test can
-/// rely on it).
-fn wait_ignores(pid: u32, sig: i32) {
-    poll(
-        &format!("pid {pid} to ignore signal {sig}"),
-        DEADLINE,
-        || sig_set(pid, "SigIgn").filter(|s| has_sig(*s, sig)),
-    );
-}
-
-/// The open descriptors of `pid`, sorted.
-fn fds_of(pid: u32) -> Option<Vec<u32>> {
-    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort_unstable();
-    Some(fds)
-}
-
-/// `argv` of `pid` from `/proc/PID/cmdline`.
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
+    proc_pids()
+        .into_iter()
+        .filter(|&pid| alive(pid) && pgid_sid(pid).is_some_and(|(g, _)| g == pgid))
         .collect()
-}
-
-/// Polls until every pid in `pids` is gone (exited; a zombie counts as gone).
-fn wait_all_dead(what: &str, pids: &[u32], deadline: Duration) {
-    poll(what, deadline, || {
-        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-        left.is_empty().then_some(())
-    });
-}
-
-/// Runs `supctl --json ARGS` and parses stdout.
-fn ctl_json(supd: &Supd, args: &[&str]) -> (i32, Value, String) {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let (code, out, err) = supd.ctl_text(&full);
-    let v = serde_json::from_str(&out).unwrap_or_else(|e| {
-        panic!("supctl {args:?} printed no JSON ({e}): {out:?}; stderr {err:?}")
-    });
-    (code, v, err)
 }
 
 /// The outcome object for `name` in a `supctl --json` array of outcomes.
@@ -150,17 +41,6 @@ fn outcome<'a>(outcomes: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|o| o["name"] == name)
         .unwrap_or_else(|| panic!("no outcome for {name} in {outcomes}"))
-}
-
-fn escalated(o: &Value) -> bool {
-    o.get("escalated").and_then(Value::as_bool).unwrap_or(false)
-}
-
-/// The main pid of `name` once it is running.
-fn running_pid(supd: &Supd, name: &str) -> u32 {
-    supd.wait_state(name, "running")
-        .pid
-        .unwrap_or_else(|| panic!("{name} is running without a pid"))
 }
 
 /// Polls until `parent` has exactly `n` live children, each of which has
@@ -477,19 +357,7 @@ start_secs = "0s"
     assert!(alive(main));
 }
 
-/// A program that leaves one orphan in its process group and one in a
-/// session of its own (both `sleep 300`, adopted by supd once their
-/// subshells exit), then signals readiness by creating `ready`.
-fn orphan_maker(ready: &Path) -> String {
-    argv(&[
-        "sh",
-        "-c",
-        r#"(sleep 300 &); (setsid sleep 300 &); : > "$0"; exec sleep 300"#,
-        ready.to_str().unwrap(),
-    ])
-}
-
-/// The two orphans of [`orphan_maker`]: `(in the group, in its own session)`.
+/// The two orphans of [`TWO_ORPHANS`]: `(in the group, in its own session)`.
 fn find_orphans(supd: &Supd, main: u32) -> (u32, u32) {
     poll("two adopted sleep orphans", DEADLINE, || {
         let mut same = None;
@@ -508,23 +376,19 @@ fn find_orphans(supd: &Supd, main: u32) -> (u32, u32) {
     })
 }
 
+/// supd running `leaver` ([`TWO_ORPHANS`], its ready file in `tmp`) once
+/// both orphans are left: `(supd, main pid, in-group orphan, own-session
+/// orphan)`.
+fn leaver_with_orphans(tmp: &Path) -> (Supd, u32, u32, u32) {
+    let (supd, main) = start_leaver(tmp, TWO_ORPHANS, "");
+    let (same, own) = find_orphans(&supd, main);
+    (supd, main, same, own)
+}
+
 #[test]
 fn stop_kills_adopted_orphans_of_the_group() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ready = tmp.path().join("ready");
-    let supd = Supd::start(&format!(
-        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\n",
-        argv(&[
-            "sh",
-            "-c",
-            r#"(sleep 300 &); : > "$0"; exec sleep 300"#,
-            ready.to_str().unwrap(),
-        ])
-    ));
-    let main = running_pid(&supd, "leaver");
-    poll("the orphan to be left", DEADLINE, || {
-        ready.exists().then_some(())
-    });
+    let (supd, main) = start_leaver(tmp.path(), r#"(sleep 300 &); : > "$0"; exec sleep 300"#, "");
     let orphans = wait_sleep_children(supd.pid(), 2)
         .into_iter()
         .filter(|&p| p != main)
@@ -544,16 +408,7 @@ fn adopted_orphans_are_listed_in_status() {
     // SPEC §2: descendants a program leaves behind "are adopted by supd,
     // shown in status".
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ready = tmp.path().join("ready");
-    let supd = Supd::start(&format!(
-        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\n",
-        orphan_maker(&ready)
-    ));
-    let main = running_pid(&supd, "leaver");
-    poll("the orphans to be left", DEADLINE, || {
-        ready.exists().then_some(())
-    });
-    let (same, own) = find_orphans(&supd, main);
+    let (supd, main, same, own) = leaver_with_orphans(tmp.path());
     let s = supd.wait_for("leaver", "both orphans listed", |s| {
         s.orphans.contains(&same) && s.orphans.contains(&own)
     });
@@ -566,16 +421,7 @@ fn stop_kills_an_adopted_orphan_that_left_the_group() {
     // the program is stopped"; DESIGN: "kill the group and every adopted
     // orphan by pidfd".
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ready = tmp.path().join("ready");
-    let supd = Supd::start(&format!(
-        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\n",
-        orphan_maker(&ready)
-    ));
-    let main = running_pid(&supd, "leaver");
-    poll("the orphans to be left", DEADLINE, || {
-        ready.exists().then_some(())
-    });
-    let (same, own) = find_orphans(&supd, main);
+    let (supd, main, same, own) = leaver_with_orphans(tmp.path());
     let (code, _, err) = supd.ctl_text(&["stop", "leaver"]);
     assert_eq!(code, 0, "{err}");
     wait_all_dead(
@@ -938,10 +784,7 @@ impl HostileSupd {
         let cfg = write_file(dir.path(), "supd.toml", config);
         let socket = dir.path().join("supd.sock");
         let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
+        let notify = notify_socket(&notify_path);
         let marker = format!("hostile-{}-{}", std::process::id(), dir.path().display());
         let log = std::fs::File::create(dir.path().join("supd.log")).expect("log");
         let mut cmd = Command::new(SUPD);
@@ -991,13 +834,8 @@ impl HostileSupd {
             child: Some(child),
             marker,
         };
-        let mut buf = [0u8; 4096];
         poll("READY=1 from the hostile supd", DEADLINE, || {
-            let n = notify.recv(&mut buf).ok()?;
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-                .then_some(())
+            ready_notified(&notify)
         });
         supd.check_alive();
         supd
@@ -1087,10 +925,7 @@ impl Drop for HostileSupd {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in processes_with_env("SUP_TEST_MARKER", &self.marker) {
-            // SAFETY: kill(2) on a pid whose environment carries our marker.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_marked(&self.marker);
     }
 }
 

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -187,40 +187,6 @@ fn assert_bystander_served(conn: &mut Conn, supd: &Supd) {
     let a = conn.call(&req(json!("bystander"), "version", json!({})));
     let r = assert_ok(&a, &json!("bystander"));
     assert_eq!(r["pid"], supd.pid(), "{a}");
-}
-
-/// Runs a command to completion within `deadline` (killed and failed
-/// otherwise); returns (exit code, stdout, stderr).
-fn run_bounded(cmd: &mut Command, deadline: Duration) -> (i32, String, String) {
-    let out_dir = tempfile::tempdir().expect("temp dir");
-    let out_path = out_dir.path().join("stdout");
-    let err_path = out_dir.path().join("stderr");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn");
-    let end = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not exit within {deadline:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status.code().unwrap_or(-1),
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default(),
-    )
 }
 
 /// `supd ARGS...` with no notify socket, run to completion.
@@ -827,11 +793,7 @@ fn a_client_that_vanishes_mid_wait_disturbs_nothing() {
 fn clients_that_vanish_mid_wait_with_more_pipelined_do_not_use_up_the_daemon() {
     const CAP: usize = 512;
     let (supd, sleeper) = start_with_sleeper();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", supd.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
+    let fds = || fds_of(supd.pid()).map_or(0, |f| f.len());
     let baseline = fds();
     for _ in 0..CAP {
         let mut rude = Conn::open(&supd.socket);
@@ -1374,9 +1336,7 @@ fn supctl_usage_errors_exit_2() {
         &["kill", "--signal", "KILL", "sleeper"],
     ];
     for args in cases {
-        let mut cmd = Command::new(SUPCTL);
-        cmd.arg("--socket").arg(socket).args(*args);
-        let (code, out, err) = run_bounded(&mut cmd, DEADLINE);
+        let (code, out, err) = run_bounded(&mut supctl_cmd(Path::new(socket), args), DEADLINE);
         assert_eq!(code, 2, "supctl {args:?}: {out}{err}");
         assert!(!err.trim().is_empty(), "supctl {args:?} says what is wrong");
     }

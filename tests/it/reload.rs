@@ -12,18 +12,6 @@ fn sleeper(name: &str, extra: &str) -> String {
     )
 }
 
-fn running_pid(supd: &Supd, name: &str) -> u32 {
-    supd.wait_state(name, "running")
-        .pid
-        .unwrap_or_else(|| panic!("{name} has no pid"))
-}
-
-fn reload_json(supd: &Supd) -> (i32, Value, String) {
-    let (code, out, err) = supd.ctl_text(&["--json", "reload"]);
-    let v = serde_json::from_str(&out).unwrap_or(Value::Null);
-    (code, v, err)
-}
-
 fn names(v: &Value, key: &str) -> Vec<String> {
     v[key]
         .as_array()
@@ -55,7 +43,7 @@ fn reload_applies_each_kind_of_difference() {
             + &sleeper("fresh", ""),
     )
     .expect("rewrite config");
-    let (code, v, err) = reload_json(&supd);
+    let (code, v, err) = ctl_json(&supd, &["reload"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(names(&v, "added"), ["fresh"]);
     assert_eq!(names(&v, "removed"), ["dropped"]);
@@ -134,7 +122,7 @@ fn a_pool_resized_by_reload_gains_and_loses_members() {
     let w0 = running_pid(&supd, "w:0");
     running_pid(&supd, "w:2");
     std::fs::write(&supd.config, sleeper("w", "instances = 2")).expect("rewrite");
-    let (code, v, err) = reload_json(&supd);
+    let (code, v, err) = ctl_json(&supd, &["reload"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(names(&v, "changed"), ["w"]);
     let rows: Vec<String> = supd.status_all().into_iter().map(|s| s.name).collect();
@@ -154,7 +142,7 @@ fn include_merges_program_files_and_refuses_a_program_defined_twice() {
         "[supd]\ninclude = [\"conf.d/*.toml\"]\n".to_string() + &sleeper("main", ""),
     )
     .expect("rewrite");
-    let (code, v, err) = reload_json(&supd);
+    let (code, v, err) = ctl_json(&supd, &["reload"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(names(&v, "added"), ["extra"]);
     running_pid(&supd, "extra");
@@ -291,7 +279,7 @@ fn a_reload_restarting_a_program_reports_it_and_keeps_dependents_ordered() {
         sleeper("db", "stop_timeout = \"2s\"") + &sleeper("web", "depends_on = [\"db\"]"),
     )
     .expect("rewrite");
-    let (code, v, err) = reload_json(&supd);
+    let (code, v, err) = ctl_json(&supd, &["reload"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(names(&v, "changed"), ["db"]);
     assert_eq!(names(&v, "unchanged"), ["web"]);

@@ -15,7 +15,6 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -27,63 +26,8 @@ use crate::util::*;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// The real python interpreter (not a pyenv shim script), so a process's
-/// pid is python's from the start.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 is needed by these tests");
-        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(!path.is_empty(), "python3 did not name its executable");
-        path
-    })
-}
-
-/// A TOML basic string for `s` (JSON string syntax is valid TOML).
-fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("string")
-}
-
-/// A TOML array of strings.
-fn argv(args: &[&str]) -> String {
-    format!(
-        "[{}]",
-        args.iter().map(|a| q(a)).collect::<Vec<_>>().join(", ")
-    )
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// `argv` of `pid` from `/proc/PID/cmdline`.
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
-}
-
-/// A variable of `pid`'s environment.
-fn environ_var(pid: u32, key: &str) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{key}=");
-    env.split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-}
-
-/// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
-fn start_time(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = text.get(text.rfind(')')? + 2..)?;
-    // `after` begins at field 3 (the state).
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn boot_id() -> String {
@@ -98,26 +42,11 @@ fn stopped(pid: u32) -> bool {
     matches!(proc_stat(pid), Some(('T' | 't', _)))
 }
 
-/// Polls until every pid in `pids` is gone (exited; a zombie counts as gone).
-fn wait_all_dead(what: &str, pids: &[u32], deadline: Duration) {
-    poll(what, deadline, || {
-        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
-        left.is_empty().then_some(())
-    });
-}
-
 /// Polls until no pid of `pids` exists at all (not even as a zombie).
 fn wait_all_reaped(what: &str, pids: &[u32], deadline: Duration) {
     poll(what, deadline, || {
         pids.iter().all(|&p| proc_stat(p).is_none()).then_some(())
     });
-}
-
-/// The main pid of `name` once it is running.
-fn running_pid(supd: &Supd, name: &str) -> u32 {
-    supd.wait_state(name, "running")
-        .pid
-        .unwrap_or_else(|| panic!("{name} is running without a pid"))
 }
 
 /// Live children of `parent` whose command line is exactly `argv`, once
@@ -136,17 +65,6 @@ fn wait_children_running(parent: u32, argv: &[&str], n: usize) -> Vec<u32> {
             (kids.len() == n).then_some(kids)
         },
     )
-}
-
-/// Runs `supctl --json ARGS` and parses stdout.
-fn ctl_json(supd: &Supd, args: &[&str]) -> (i32, Value, String) {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let (code, out, err) = supd.ctl_text(&full);
-    let v = serde_json::from_str(&out).unwrap_or_else(|e| {
-        panic!("supctl {args:?} printed no JSON ({e}): {out:?}; stderr {err:?}")
-    });
-    (code, v, err)
 }
 
 /// SIGKILL to `pid`, but only if it is still the process that started at
@@ -427,15 +345,7 @@ restart = "never"
     // wait: an adopted program killed from outside ends with an unknown
     // status (it is not supd's child).
     let mut background = Spawned::default();
-    let mut ctl_wait = Command::new(SUPCTL)
-        .arg("--socket")
-        .arg(&supd.socket)
-        .args(["wait", "waited"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("supctl wait");
+    let mut ctl_wait = supd.ctl_spawn(&["wait", "waited"]);
     background.add_pid(ctl_wait.id());
     // The same through the protocol, on a thread so that a missing answer
     // fails the test at the deadline instead of hanging it.
@@ -768,18 +678,7 @@ impl Contained {
     }
 
     fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(SUPCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("supctl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        output_text(&supctl_at(&self.socket, args))
     }
 
     /// Waits for `unshare` to exit; returns its exit code.
@@ -802,10 +701,7 @@ impl Drop for Contained {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for pid in processes_with_env("SUP_TEST_MARKER", &self.marker) {
-            // SAFETY: the marker in its environment says it is ours.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_marked(&self.marker);
     }
 }
 
@@ -944,17 +840,6 @@ fn supd_as_pid_1_shuts_down_on_supctl_shutdown() {
 // 6. orphans = "keep" and "kill"
 // ---------------------------------------------------------------------------
 
-/// A program that leaves an orphan (`sleep 300` in its process group),
-/// creates `ready`, then runs `tail` (shell code).
-fn leaver(ready: &Path, tail: &str) -> String {
-    argv(&[
-        "sh",
-        "-c",
-        &format!(r#"(sleep 300 &); : > "$0"; {tail}"#),
-        path_str(ready),
-    ])
-}
-
 /// The `n` orphans (`sleep 300`) that supd adopted for a program whose main
 /// is `main`, sorted.
 fn find_orphans(supd: &Supd, main: u32, n: usize) -> Vec<u32> {
@@ -976,20 +861,7 @@ fn orphans_keep_survive_the_stop_of_their_program() {
     // (as opposed to "kill": "SIGKILL them when the main process ends (and
     // with the program's stop)").
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ready = tmp.path().join("ready");
-    let supd = Supd::start(&format!(
-        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\norphans = \"keep\"\n",
-        argv(&[
-            "sh",
-            "-c",
-            r#"(sleep 300 &); (setsid sleep 300 &); : > "$0"; exec sleep 300"#,
-            path_str(&ready),
-        ])
-    ));
-    let main = running_pid(&supd, "leaver");
-    poll("the orphans to be left", DEADLINE, || {
-        ready.exists().then_some(())
-    });
+    let (supd, main) = start_leaver(tmp.path(), TWO_ORPHANS, "orphans = \"keep\"");
     // One stayed in the program's process group, one left it (setsid).
     let orphans = find_orphans(&supd, main, 2);
     let mut guard = Spawned::default();
@@ -1024,19 +896,17 @@ fn orphans_keep_survive_the_stop_of_their_program() {
 /// status. Returns supd, the orphan, and a guard that kills it.
 fn main_exits_leaving_an_orphan(extra: &str) -> (Supd, u32, Spawned, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ready = tmp.path().join("ready");
     let go = tmp.path().join("go");
-    let supd = Supd::start(&format!(
-        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\nrestart = \"never\"\n{extra}\n",
-        leaver(
-            &ready,
-            &format!("while [ ! -e {} ]; do sleep 0.02; done", path_str(&go))
-        )
-    ));
-    let main = running_pid(&supd, "leaver");
-    poll("the orphan to be left", DEADLINE, || {
-        ready.exists().then_some(())
-    });
+    // An orphan in its group, then a wait for `go`.
+    let script = format!(
+        r#"(sleep 300 &); : > "$0"; while [ ! -e {} ]; do sleep 0.02; done"#,
+        path_str(&go)
+    );
+    let (supd, main) = start_leaver(
+        tmp.path(),
+        &script,
+        &format!("restart = \"never\"\n{extra}"),
+    );
     let orphan = find_orphans(&supd, main, 1)[0];
     let mut guard = Spawned::default();
     guard.add_pid(orphan);
@@ -1083,10 +953,7 @@ struct MarkerSweep(String);
 
 impl Drop for MarkerSweep {
     fn drop(&mut self) {
-        for pid in processes_with_env("SUP_TEST_MARKER", &self.0) {
-            // SAFETY: the marker in its environment says it is ours.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_marked(&self.0);
     }
 }
 
@@ -1294,11 +1161,7 @@ fn fork_storm(n: usize, setup: &str, prefix: &str, stop_timeout: Duration) -> bo
     );
     wait_all_reaped("every sleep reaped", &sleeps, DEADLINE);
     assert!(zombies_of(supd.pid()).is_empty());
-    out.as_array()
-        .and_then(|a| a.first())
-        .and_then(|o| o.get("escalated"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
+    escalated(&out[0])
 }
 
 #[test]

@@ -9,8 +9,8 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -92,10 +92,7 @@ impl Supd {
         std::fs::write(&config_path, config).expect("write config");
         let socket = dir.path().join("supd.sock");
         let notify_path = dir.path().join("notify.sock");
-        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
+        let notify = notify_socket(&notify_path);
         let marker = format!(
             "{}-{}-{}",
             std::process::id(),
@@ -204,23 +201,22 @@ impl Supd {
 
     /// Runs `supctl --socket S ARGS...` to completion.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(SUPCTL)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run supctl")
+        supctl_at(&self.socket, args)
+    }
+
+    /// Starts `supctl --socket S ARGS...` in the background, stdin closed,
+    /// stdout and stderr piped.
+    pub fn ctl_spawn(&self, args: &[&str]) -> Child {
+        supctl_cmd(&self.socket, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn supctl")
     }
 
     /// Runs supctl and returns (exit status, stdout, stderr).
     pub fn ctl_text(&self, args: &[&str]) -> (i32, String, String) {
-        let out = self.ctl(args);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        output_text(&self.ctl(args))
     }
 
     /// A protocol client on the socket.
@@ -323,46 +319,111 @@ impl Drop for Supd {
                 }
             }
         }
-        for pid in self.marked_processes() {
-            // SAFETY: kill(2) with a pid read from /proc just now; the marker
-            // in its environment says it is one of ours.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
+        kill_marked(&self.marker);
     }
 }
 
 /// Pids of processes whose environment has `key=value`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
     let needle = format!("{key}={value}");
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(entry.path().join("environ")) {
-            if env.split(|&b| b == 0).any(|var| var == needle.as_bytes()) {
-                out.push(pid);
-            }
-        }
+    proc_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// SIGKILLs every process whose environment carries `SUP_TEST_MARKER=marker`
+/// (a fixture's cleanup).
+pub fn kill_marked(marker: &str) {
+    for pid in processes_with_env("SUP_TEST_MARKER", marker) {
+        // SAFETY: kill(2) with a pid read from /proc just now; the marker
+        // in its environment says it is one of ours.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
-    out
+}
+
+/// Every pid in `/proc` now.
+pub fn proc_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Fields of `/proc/PID/stat` after the command name, or `None` once it is
+/// gone: index 0 is the state (field 3), 1 the ppid, 2 the process group,
+/// 3 the session, 11 and 12 utime and stime, 19 the start time.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = text.get(text.rfind(')')? + 2..)?;
+    Some(after.split_whitespace().map(str::to_string).collect())
 }
 
 /// `(state, ppid)` of a process from `/proc/PID/stat`, or `None` once it is gone.
 pub fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &text[text.rfind(')')? + 2..];
-    let mut fields = after.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let f = stat_fields(pid)?;
+    Some((f.first()?.chars().next()?, f.get(1)?.parse().ok()?))
+}
+
+/// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// `argv` of `pid` from `/proc/PID/cmdline`.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// A variable of `pid`'s environment.
+pub fn environ_var(pid: u32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
+    env.split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A hex signal-set line of `/proc/PID/status` ("SigBlk", "SigIgn", "SigCgt").
+pub fn sig_set(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(&format!("{field}:")))?;
+    u64::from_str_radix(line[field.len() + 1..].trim(), 16).ok()
+}
+
+/// Whether signal `sig` is in the signal set `set`.
+pub fn has_sig(set: u64, sig: i32) -> bool {
+    set & (1u64 << (sig - 1)) != 0
+}
+
+/// Waits until `pid` ignores `sig` (its handler is installed, so a test can
+/// rely on it).
+pub fn wait_ignores(pid: u32, sig: i32) {
+    poll(
+        &format!("pid {pid} to ignore signal {sig}"),
+        DEADLINE,
+        || sig_set(pid, "SigIgn").filter(|s| has_sig(*s, sig)),
+    );
+}
+
+/// The open descriptors of `pid`, sorted.
+pub fn fds_of(pid: u32) -> Option<Vec<u32>> {
+    let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    Some(fds)
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -381,23 +442,13 @@ pub fn is_sentinel(pid: u32) -> bool {
 /// Children of `parent` (from /proc), with their states; supd's sentinel is
 /// left out.
 pub fn children_of(parent: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                if let Some((state, ppid)) = proc_stat(pid) {
-                    if ppid == parent && !is_sentinel(pid) {
-                        out.push((pid, state));
-                    }
-                }
-            }
-        }
-    }
-    out
+    proc_pids()
+        .into_iter()
+        .filter_map(|pid| match proc_stat(pid) {
+            Some((state, ppid)) if ppid == parent && !is_sentinel(pid) => Some((pid, state)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Zombie children of `parent`.
@@ -428,4 +479,175 @@ pub fn raw_exchange(socket: &Path, bytes: &[u8]) -> Value {
     let mut line = String::new();
     reader.read_line(&mut line).expect("read answer");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?} is not JSON: {e}"))
+}
+
+/// Polls until every pid in `pids` is gone (exited; a zombie counts as gone).
+pub fn wait_all_dead(what: &str, pids: &[u32], deadline: Duration) {
+    poll(what, deadline, || {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        left.is_empty().then_some(())
+    });
+}
+
+/// The main pid of `name` once it is running.
+pub fn running_pid(supd: &Supd, name: &str) -> u32 {
+    supd.wait_state(name, "running")
+        .pid
+        .unwrap_or_else(|| panic!("{name} is running without a pid"))
+}
+
+/// `supctl --socket SOCKET ARGS...` with stdin closed, to be run.
+pub fn supctl_cmd(socket: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(SUPCTL);
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `supctl --socket SOCKET ARGS...` to completion, stdin closed.
+pub fn supctl_at(socket: &Path, args: &[&str]) -> Output {
+    supctl_cmd(socket, args).output().expect("run supctl")
+}
+
+/// (exit status, stdout, stderr) of a finished command; -1 for a death by
+/// a signal.
+pub fn output_text(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `supctl --json ARGS` and parses stdout: (exit status, the JSON,
+/// stderr). Panics when stdout is not JSON.
+pub fn ctl_json(supd: &Supd, args: &[&str]) -> (i32, Value, String) {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (code, out, err) = supd.ctl_text(&full);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| {
+        panic!("supctl {args:?} printed no JSON ({e}): {out:?}; stderr {err:?}")
+    });
+    (code, v, err)
+}
+
+/// Whether a stop outcome (a row of `stop`'s answer) says the stop was
+/// escalated to SIGKILL; `false` when it does not say.
+pub fn escalated(o: &Value) -> bool {
+    o.get("escalated").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Runs a command to completion within `deadline` (killed and failed
+/// otherwise), stdin closed, its output in files (so a grandchild holding
+/// them open cannot hang the test); returns (exit code, stdout, stderr).
+pub fn run_bounded(cmd: &mut Command, deadline: Duration) -> (i32, String, String) {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out_path = out_dir.path().join("stdout");
+    let err_path = out_dir.path().join("stderr");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not exit within {deadline:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+/// Binds a notify socket (as `NOTIFY_SOCKET` names it) at `path`, with a
+/// 100 ms read timeout.
+pub fn notify_socket(path: &Path) -> UnixDatagram {
+    let notify = UnixDatagram::bind(path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    notify
+}
+
+/// Receives one datagram on `notify` (waiting up to its read timeout):
+/// `Some` when it has a `READY=1` line. For [`poll`].
+pub fn ready_notified(notify: &UnixDatagram) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    let n = notify.recv(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .any(|l| l == "READY=1")
+        .then_some(())
+}
+
+/// The real python interpreter (not a pyenv shim script), so a program's
+/// pid is python's from the start.
+pub fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is needed by these tests");
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!path.is_empty(), "python3 did not name its executable");
+        path
+    })
+}
+
+/// A TOML basic string for `s` (JSON string syntax is valid TOML).
+pub fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("string")
+}
+
+/// A TOML array of strings.
+pub fn argv(args: &[&str]) -> String {
+    format!(
+        "[{}]",
+        args.iter().map(|a| q(a)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// One `[program.NAME]` table running `argv`, with `extra` keys.
+pub fn prog(name: &str, argv: &[&str], extra: &str) -> String {
+    // A JSON array of strings is a valid TOML inline array.
+    let command = serde_json::to_string(argv).expect("argv as JSON");
+    format!("[program.{name}]\ncommand = {command}\n{extra}\n")
+}
+
+/// Shell code for [`start_leaver`]: leaves one orphan in its process group
+/// and one in a session of its own (both `sleep 300`, adopted by supd once
+/// their subshells exit), creates `$0`, then runs `sleep 300`.
+pub const TWO_ORPHANS: &str = r#"(sleep 300 &); (setsid sleep 300 &); : > "$0"; exec sleep 300"#;
+
+/// Starts supd with one program, `leaver`: `sh -c SCRIPT READY` with
+/// `start_secs = "0s"` and the `extra` keys, where `READY` is a file in
+/// `tmp` that the script creates (`: > "$0"`) once it has left its orphans.
+/// Waits for it to run and for that file; returns supd and the main pid.
+pub fn start_leaver(tmp: &Path, script: &str, extra: &str) -> (Supd, u32) {
+    let ready = tmp.join("ready");
+    let supd = Supd::start(&format!(
+        "[program.leaver]\ncommand = {}\nstart_secs = \"0s\"\n{extra}\n",
+        argv(&["sh", "-c", script, ready.to_str().expect("utf-8 path")])
+    ));
+    let main = running_pid(&supd, "leaver");
+    poll("the leaver's orphans to be left", DEADLINE, || {
+        ready.exists().then_some(())
+    });
+    (supd, main)
 }

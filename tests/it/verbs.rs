@@ -13,13 +13,6 @@ use crate::util::*;
 
 // ---------------------------------------------------------------- helpers
 
-/// One `[program.NAME]` table running `argv`, with `extra` keys.
-fn prog(name: &str, argv: &[&str], extra: &str) -> String {
-    // A JSON array of strings is a valid TOML inline array.
-    let command = serde_json::to_string(argv).expect("argv as JSON");
-    format!("[program.{name}]\ncommand = {command}\n{extra}\n")
-}
-
 /// A `sleep 300` that counts as running at once and is never restarted.
 fn sleeper(name: &str) -> String {
     prog(
@@ -60,11 +53,7 @@ fn rpc_error(supd: &Supd, method: &str, params: Value) -> RpcError {
 
 /// `supctl --json status ARGS...`: (exit status, parsed stdout).
 fn status_json(supd: &Supd, names: &[&str]) -> (i32, Value) {
-    let mut args = vec!["--json", "status"];
-    args.extend_from_slice(names);
-    let (code, out, err) = supd.ctl_text(&args);
-    let v: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out:?} / {err}"));
+    let (code, v, _) = ctl_json(supd, &[&["status"], names].concat());
     (code, v)
 }
 
@@ -76,29 +65,13 @@ fn json_row(supd: &Supd, name: &str) -> Value {
     rows[0].clone()
 }
 
-/// The current pid of a running program.
-fn running_pid(supd: &Supd, name: &str) -> u32 {
-    supd.wait_state(name, "running")
-        .pid
-        .expect("a running program has a pid")
-}
-
 /// A `supctl` process running in the background; killed if still alive when
 /// dropped.
 struct Bg(Option<Child>);
 
 impl Bg {
     fn spawn(supd: &Supd, args: &[&str]) -> Bg {
-        let child = Command::new(SUPCTL)
-            .arg("--socket")
-            .arg(&supd.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn supctl");
-        Bg(Some(child))
+        Bg(Some(supd.ctl_spawn(args)))
     }
 
     fn still_running(&mut self) -> bool {
@@ -116,12 +89,7 @@ impl Bg {
         poll("background supctl to exit", DEADLINE, || {
             child.try_wait().expect("try_wait")
         });
-        let out = child.wait_with_output().expect("output");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        output_text(&child.wait_with_output().expect("output"))
     }
 }
 
@@ -974,13 +942,7 @@ fn usage_errors_exit_2() {
         &["start", "--all", "p"],
         &["wait", "p", "--timeout", "soon"],
     ] {
-        let out = Command::new(SUPCTL)
-            .arg("--socket")
-            .arg(&sock)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("supctl");
+        let out = supctl_at(&sock, args);
         assert_eq!(
             out.status.code(),
             Some(2),
