@@ -119,7 +119,8 @@ impl Client {
                 serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
             return match (response.result, response.error) {
                 (_, Some(error)) => Err(ClientError::Rpc(error)),
-                (Some(result), None) => Ok(result),
+                (Some(result), None) => serde_json::from_str(result.get())
+                    .map_err(|e| ClientError::Protocol(e.to_string())),
                 (None, None) => Err(ClientError::Protocol(
                     "an answer with neither result nor error".into(),
                 )),

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::BufReader;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -260,10 +261,10 @@ enum Follow {
     },
 }
 
-/// What `dispatch` produced.
+/// What `dispatch` produced: the result as JSON text.
 enum Reply {
-    Value(Value),
-    Stream(Value, Follow),
+    Value(Box<RawValue>),
+    Stream(Box<RawValue>, Follow),
 }
 
 /// The read side of a connection, read ahead while a request is served so
@@ -572,11 +573,13 @@ fn required<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<
     })
 }
 
-fn to_value<T: serde::Serialize>(v: T) -> Result<Value, RpcError> {
-    serde_json::to_value(v).map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
+/// Serialises a result straight to JSON text.
+fn to_value<T: serde::Serialize>(v: T) -> Result<Box<RawValue>, RpcError> {
+    serde_json::value::to_raw_value(&v)
+        .map_err(|e| RpcError::new(ErrorKind::Internal, e.to_string()))
 }
 
-fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Value, RpcError> {
+fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Box<RawValue>, RpcError> {
     to_value(ProgramsResult { programs: outcomes })
 }
 
@@ -586,7 +589,7 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
             let _: NamesParams = params(method, p)?;
             let rx = handle.subscribe().await?;
             Ok(Reply::Stream(
-                json!({ "subscribed": true }),
+                to_value(json!({ "subscribed": true }))?,
                 Follow::Events(rx),
             ))
         }
@@ -609,7 +612,7 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
                 WaitTicket::Done(r) => (r.pid, false),
                 WaitTicket::Pending(pid, _) => (*pid, true),
             };
-            let answer = json!({ "name": wp.name, "running": running, "pid": pid });
+            let answer = to_value(json!({ "name": wp.name, "running": running, "pid": pid }))?;
             Ok(Reply::Stream(
                 answer,
                 Follow::Wait {
@@ -627,7 +630,7 @@ async fn dispatch_value(
     method: &str,
     p: Option<Value>,
     handle: &Handle,
-) -> Result<Value, RpcError> {
+) -> Result<Box<RawValue>, RpcError> {
     match method {
         "version" => to_value(VersionResult {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -668,7 +671,7 @@ async fn dispatch_value(
         }
         "shutdown" => {
             handle.shutdown();
-            Ok(json!({ "shutting_down": true }))
+            to_value(json!({ "shutting_down": true }))
         }
         other => Err(RpcError::new(
             ErrorKind::MethodNotFound,

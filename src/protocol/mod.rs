@@ -71,9 +71,10 @@ pub struct Response {
     pub jsonrpc: String,
     /// The request's id, or `null` when the request could not be read.
     pub id: Value,
-    /// The method's result on success.
+    /// The method's result on success, as JSON text: the daemon serialises
+    /// a result once, straight to text, never through a `Value` tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
     /// The failure otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RpcError>,
@@ -81,7 +82,7 @@ pub struct Response {
 
 impl Response {
     /// A success answer.
-    pub fn ok(id: Value, result: Value) -> Self {
+    pub fn ok(id: Value, result: Box<serde_json::value::RawValue>) -> Self {
         Response {
             jsonrpc: "2.0".into(),
             id,

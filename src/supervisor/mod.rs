@@ -43,6 +43,9 @@ use crate::state::{Desired, StateFile};
 
 type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
 
+/// How long a scan for orphans is reused by `status`.
+pub const ORPHAN_SCAN_TTL: Duration = Duration::from_millis(500);
+
 /// Events kept for a subscriber that has not read them yet; one that falls
 /// further behind is dropped.
 pub const EVENT_QUEUE: usize = 1024;
@@ -182,6 +185,8 @@ pub struct Supervisor {
     state_durable: bool,
     /// This boot's id, read once.
     boot_id: Option<String>,
+    /// The last scan for orphans, and when it was made.
+    orphan_scan: Option<(Instant, HashMap<String, Vec<u32>>)>,
     /// `SUP_SUPD` given to every program: `supd pid.start time`.
     marker: String,
     shutdown_timeout: Duration,
@@ -258,6 +263,7 @@ impl Supervisor {
             state_dirty: false,
             state_durable: false,
             boot_id: crate::procfs::boot_id(),
+            orphan_scan: None,
             marker: format!(
                 "{}.{}",
                 std::process::id(),
@@ -469,13 +475,15 @@ impl Supervisor {
             .collect()
     }
 
-    fn status(&self, names: &[String]) -> Result<Vec<ProgramStatus>, RpcError> {
+    fn status(&mut self, names: &[String]) -> Result<Vec<ProgramStatus>, RpcError> {
         let select = NamesParams {
             names: names.to_vec(),
             all: false,
         };
         let names = self.select(&select, true)?;
-        let mut orphans = orphans::by_program(&self.by_pid);
+        self.orphans_seen();
+        let empty = HashMap::new();
+        let orphans = self.orphan_scan.as_ref().map_or(&empty, |(_, m)| m);
         Ok(names
             .iter()
             .map(|n| {
@@ -485,7 +493,7 @@ impl Supervisor {
                 } else {
                     Vec::new()
                 };
-                p.status(waiting_for, orphans.remove(n).unwrap_or_default())
+                p.status(waiting_for, orphans.get(n).cloned().unwrap_or_default())
             })
             .collect())
     }
@@ -897,7 +905,22 @@ impl Supervisor {
         self.feed(name, input);
     }
 
+    /// Orphans by program, as `status` shows them: a scan of supd's
+    /// children, reused for up to [`ORPHAN_SCAN_TTL`] (the kernel's list of
+    /// 1,000 children costs about 0.3 ms to read) and redone after any reap.
+    /// Killing orphans never uses this: it scans afresh.
+    fn orphans_seen(&mut self) {
+        let fresh = self
+            .orphan_scan
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < ORPHAN_SCAN_TTL);
+        if !fresh {
+            self.orphan_scan = Some((Instant::now(), orphans::by_program(&self.by_pid)));
+        }
+    }
+
     fn reap(&mut self) {
+        self.orphan_scan = None;
         let by_pid = &self.by_pid;
         let programs = &self.programs;
         let exits = crate::reaper::reap(|pid| {
@@ -1110,7 +1133,7 @@ impl Supervisor {
             if from == to {
                 continue;
             }
-            p.since = SystemTime::now();
+            p.since = rfc3339(SystemTime::now());
             if to == State::Fatal && p.error.is_none() {
                 let how = p
                     .last_exit
@@ -1134,7 +1157,7 @@ impl Supervisor {
                 exit_code: ended.and_then(|l| l.status.code),
                 signal: ended.and_then(|l| l.status.signal_name()),
                 escalated: p.machine.escalated && ended.is_some(),
-                time: rfc3339(p.since),
+                time: p.since.clone(),
             });
             settle_waiters(p, to);
             self.transitions.push_back((name.to_string(), to));

@@ -34,7 +34,9 @@ pub(super) struct Program {
     pub child: Option<Child>,
     pub last_exit: Option<LastExit>,
     pub restarts: u64,
-    pub since: SystemTime,
+    /// When it entered its state, as RFC 3339 text (formatted once, at the
+    /// transition, not at every `status`).
+    pub since: String,
     pub error: Option<String>,
     pub timer: Option<AbortHandle>,
     pub timer_generation: u64,
@@ -64,7 +66,7 @@ impl Program {
             child: None,
             last_exit: None,
             restarts: 0,
-            since: SystemTime::now(),
+            since: rfc3339(SystemTime::now()),
             error: None,
             timer: None,
             timer_generation: 0,
@@ -133,7 +135,7 @@ impl Program {
             uptime_secs: self.child.as_ref().map(|c| millis(c.started.elapsed())),
             daemon: self.cfg.daemon,
             orphans,
-            since: rfc3339(self.since),
+            since: self.since.clone(),
             error: self.error.clone(),
             exited_at: last.map(|l| rfc3339(l.at)),
             next_retry_secs: match (self.state(), self.retry_at) {
