@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod logs;
 pub mod notify;
 pub mod observability;
 pub mod procfs;

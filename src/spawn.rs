@@ -53,6 +53,26 @@ pub struct Child {
     pub started: Instant,
 }
 
+/// supd's ends of a new process's pipes: read ends of its stdout and
+/// stderr (`None` when the output is discarded, or stderr is merged into
+/// stdout), and the write end of its stdin (only when asked for). All are
+/// close-on-exec, so no later child inherits them.
+#[derive(Debug, Default)]
+pub struct Pipes {
+    /// Read end of the program's stdout (and of its stderr, when merged).
+    pub stdout: Option<OwnedFd>,
+    /// Read end of the program's stderr.
+    pub stderr: Option<OwnedFd>,
+    /// Write end of the program's stdin.
+    pub stdin: Option<OwnedFd>,
+}
+
+/// A pipe whose both ends are close-on-exec in supd (std's dup2 onto
+/// 0, 1 or 2 in the child clears the flag on the child's copy).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
 /// Why a program could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -89,12 +109,21 @@ pub enum SpawnError {
 /// Forks and execs `cfg.command` with the hygiene described in this
 /// module's doc. `extra_env` is added after the config's `env`.
 ///
+/// Output: with `stdout = "null"` both streams go to `/dev/null`;
+/// otherwise each is a pipe whose read end is returned in [`Pipes`] (one
+/// pipe for both with `redirect_stderr`). stdin is `/dev/null`, or a pipe
+/// when `stdin_pipe` (for `supctl run`).
+///
 /// Must be called on the daemon's main thread (see `PR_SET_PDEATHSIG`).
 ///
 /// # Errors
 /// [`SpawnError::Cwd`] when `cwd` is not a folder; [`SpawnError::Exec`]
 /// when fork or exec fails (the errno is kept).
-pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Child, SpawnError> {
+pub fn spawn(
+    cfg: &ProgramConfig,
+    extra_env: &[(String, String)],
+    stdin_pipe: bool,
+) -> Result<(Child, Pipes), SpawnError> {
     if let Some(cwd) = &cfg.cwd {
         check_cwd(&cfg.name, cwd)?;
     }
@@ -120,7 +149,29 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     if let Some(cwd) = &cfg.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(Stdio::null());
+    let mut pipes = Pipes::default();
+    if stdin_pipe {
+        let (r, w) = cloexec_pipe().map_err(exec_err)?;
+        cmd.stdin(Stdio::from(r));
+        pipes.stdin = Some(w);
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    if cfg.output.mode == crate::config::OutputMode::Null {
+        cmd.stdout(Stdio::null());
+        cmd.stderr(Stdio::null());
+    } else {
+        let (r, w) = cloexec_pipe().map_err(exec_err)?;
+        if cfg.output.redirect_stderr {
+            cmd.stderr(Stdio::from(w.try_clone().map_err(exec_err)?));
+        } else {
+            let (er, ew) = cloexec_pipe().map_err(exec_err)?;
+            cmd.stderr(Stdio::from(ew));
+            pipes.stderr = Some(er);
+        }
+        cmd.stdout(Stdio::from(w));
+        pipes.stdout = Some(r);
+    }
 
     let creds = Creds::for_program(cfg)?;
     if let Some(user) = &cfg.user {
@@ -149,11 +200,17 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     let pidfd = pidfd_open(pid).map_err(exec_err)?;
     // Dropping std's handle neither waits nor kills; the reaper owns the exit.
     drop(child);
-    Ok(Child {
-        pid,
-        pidfd,
-        started,
-    })
+    // The child's ends of the pipes close with `cmd`, so supd sees end of
+    // file once the program (and whatever inherited them) is gone.
+    drop(cmd);
+    Ok((
+        Child {
+            pid,
+            pidfd,
+            started,
+        },
+        pipes,
+    ))
 }
 
 fn check_cwd(program: &str, cwd: &Path) -> Result<(), SpawnError> {

@@ -1,0 +1,673 @@
+//! Captured output: each program's stdout and stderr, drained from pipes
+//! without ever blocking the program, into log files (rotated by size),
+//! journald, an in-memory ring (`logs -n`) and a broadcast channel
+//! (`logs -f`, `run`).
+//!
+//! Ownership. The supervisor keeps one [`ProgramOutput`] per program name,
+//! behind an `Arc`, for as long as supd runs (so followers keep following
+//! across restarts). Each run of the program gets one drain task per pipe
+//! ([`drain`]), which holds a clone of that `Arc`. The ring, the open log
+//! files and the run markers are small leaf data behind one
+//! `std::sync::Mutex`, taken only for the length of a synchronous append
+//! and never held across an `.await` (STYLE.md habit 3, mini-redis
+//! `db.rs`). Routing every line through the supervisor actor instead would
+//! put a `yes` flood on the same queue as `status` and make every other
+//! request wait behind it; with the lock, the actor only ever touches this
+//! data at spawn, exit, `logs` and `reopen-logs`.
+//!
+//! Never blocking. The pipes are non-blocking and registered with tokio;
+//! the drain reads as fast as data comes and appends with plain `write`
+//! calls to regular files. A write that fails (ENOSPC, EIO, a missing
+//! folder) drops the line, adds its size to `dropped_bytes`, and closes
+//! the file: the next line opens it again (a new file if it was deleted),
+//! so writing resumes by itself once space returns. The program is never
+//! made to wait for the disk.
+//!
+//! Bounds. A line is cut into chunks of at most [`MAX_LINE_BYTES`]; the ring
+//! keeps the last [`RING_LINES`] lines or [`RING_BYTES`] bytes, whichever is
+//! smaller; a follower that falls [`FOLLOW_QUEUE`] lines behind is told
+//! how many it missed. Bytes that are not UTF-8 go to the files as they
+//! are, and into JSON as U+FFFD.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+
+use crate::config::{OutputConfig, OutputMode};
+
+/// The longest line kept whole; longer ones are cut into pieces this long.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines the ring keeps at most.
+pub const RING_LINES: usize = 1000;
+/// Bytes the ring keeps at most.
+pub const RING_BYTES: usize = 256 * 1024;
+/// Lines queued for a follower before it starts missing some.
+pub const FOLLOW_QUEUE: usize = 4096;
+
+/// Which of a program's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
+/// One line of output, as `logs` and `log` notifications carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The program.
+    pub name: String,
+    /// `stdout` or `stderr`.
+    pub stream: Stream,
+    /// The text, without its newline; invalid UTF-8 as U+FFFD.
+    pub line: String,
+    /// When supd read it (RFC 3339); `null` for a line read back from a
+    /// file written before this supd started.
+    pub time: Option<String>,
+    /// Whether the program ended it with a newline (false for a last
+    /// line without one, or a piece of an over-long line).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub newline: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// What followers receive.
+#[derive(Debug, Clone)]
+pub enum OutputEvent {
+    /// A line.
+    Line(LogLine),
+    /// A run ended: its process exited and its pipes reached end of file,
+    /// so every line it wrote came before this.
+    Ended {
+        /// The run's process.
+        pid: u32,
+    },
+}
+
+/// One log file: where it is, its open descriptor (if any) and its size.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    /// Lines appended to the current file by this supd (to tell the file's
+    /// older lines from those the ring also holds).
+    lines_written: usize,
+}
+
+impl LogFile {
+    fn new(path: PathBuf) -> Self {
+        LogFile {
+            path,
+            file: None,
+            size: 0,
+            lines_written: 0,
+        }
+    }
+
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&self.path)?;
+            self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+
+    /// Renames `path` -> `.1` -> `.2` ... (the oldest dropped), then
+    /// starts a new file.
+    fn rotate(&mut self, backups: u32) {
+        self.file = None;
+        if backups == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let numbered = |n: u32| {
+                let mut p = self.path.as_os_str().to_owned();
+                p.push(format!(".{n}"));
+                PathBuf::from(p)
+            };
+            let _ = std::fs::remove_file(numbered(backups));
+            for n in (1..backups).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            let _ = std::fs::rename(&self.path, numbered(1));
+        }
+        self.size = 0;
+        self.lines_written = 0;
+    }
+
+    /// Appends `bytes` (one line with its newline), rotating first when it
+    /// would pass `max`. On failure the file is closed (to be opened again
+    /// by the next write) and the error returned.
+    fn append(&mut self, bytes: &[u8], max: u64, backups: u32) -> io::Result<()> {
+        self.open()?;
+        if self.size > 0 && self.size + bytes.len() as u64 > max {
+            self.rotate(backups);
+            self.open()?;
+        }
+        let file = self.file.as_mut().expect("open");
+        match file.write_all(bytes) {
+            Ok(()) => {
+                self.size += bytes.len() as u64;
+                self.lines_written += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The ring of recent lines.
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    /// Lines pushed out since supd started (the ring no longer holds all).
+    evicted: bool,
+}
+
+impl Ring {
+    fn push(&mut self, line: LogLine) {
+        self.bytes += line.line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > RING_LINES || self.bytes > RING_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.line.len();
+                    self.evicted = true;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: OutputConfig,
+    /// `[stdout file, stderr file]`; one shared file with `redirect_stderr`
+    /// (index 0), none when output is not logged.
+    files: [Option<LogFile>; 2],
+    ring: Ring,
+    /// The current run: its number, its pid, pipes still open, and its
+    /// end marker once its exit is known.
+    run: u64,
+    run_pid: u32,
+    open_pipes: u8,
+    pending_end: Option<String>,
+    journal: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// Everything supd keeps of one program's output. See the module's doc.
+#[derive(Debug)]
+pub struct ProgramOutput {
+    name: String,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<OutputEvent>,
+    dropped: AtomicU64,
+}
+
+fn now() -> String {
+    crate::supervisor::rfc3339(SystemTime::now())
+}
+
+impl ProgramOutput {
+    /// The output of program `name`, logged into `dir` as `cfg` says.
+    pub fn new(name: &str, dir: &Path, cfg: &OutputConfig) -> Arc<ProgramOutput> {
+        let (tx, _) = broadcast::channel(FOLLOW_QUEUE);
+        let out = ProgramOutput {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                cfg: cfg.clone(),
+                files: [None, None],
+                ring: Ring::default(),
+                run: 0,
+                run_pid: 0,
+                open_pipes: 0,
+                pending_end: None,
+                journal: None,
+            }),
+            tx,
+            dropped: AtomicU64::new(0),
+        };
+        out.configure(cfg);
+        Arc::new(out)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it cannot leave it half-updated in a way
+        // that matters more than losing the output.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a new configuration (a reload); files are opened again.
+    pub fn configure(&self, cfg: &OutputConfig) {
+        let mut inner = self.lock();
+        let fresh = inner.files.iter().all(Option::is_none) && inner.run == 0;
+        if inner.cfg == *cfg && !fresh {
+            return;
+        }
+        inner.cfg = cfg.clone();
+        let file = |suffix: &str| {
+            Some(LogFile::new(
+                self.dir.join(format!("{}{suffix}", self.name)),
+            ))
+        };
+        inner.files = match (cfg.mode, cfg.redirect_stderr) {
+            (OutputMode::Log, false) => [file(".out.log"), file(".err.log")],
+            (OutputMode::Log, true) => [file(".log"), None],
+            _ => [None, None],
+        };
+        inner.journal = None;
+    }
+
+    /// Bytes of output dropped because a write failed.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A receiver of every line (and run end) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<OutputEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Closes every log file; each is opened again (created if it was
+    /// moved away) at its next line.
+    pub fn reopen(&self) {
+        let mut inner = self.lock();
+        for f in inner.files.iter_mut().flatten() {
+            f.file = None;
+            f.lines_written = 0;
+        }
+    }
+
+    /// A new run began as `pid` with `pipes` pipes to drain: writes the
+    /// end marker of the last run if still pending, then this run's start
+    /// marker. Returns the run's number for [`drain`].
+    pub fn run_started(&self, pid: u32, pipes: u8) -> u64 {
+        let mut inner = self.lock();
+        if let Some(end) = inner.pending_end.take() {
+            self.marker(&mut inner, &end);
+        }
+        inner.run += 1;
+        inner.run_pid = pid;
+        inner.open_pipes = pipes;
+        self.marker(&mut inner, &format!("--- supd: started pid {pid} ---"));
+        inner.run
+    }
+
+    /// The current run's process exited (`returncode`: the code or -N).
+    /// Its end marker is written once its pipes are drained too.
+    pub fn run_exited(&self, pid: u32, returncode: Option<i32>) {
+        let mut inner = self.lock();
+        if inner.run_pid != pid {
+            return;
+        }
+        let rc = returncode.map_or_else(|| "unknown".to_string(), |rc| rc.to_string());
+        let end = format!("--- supd: exited pid {pid} returncode {rc} ---");
+        if inner.open_pipes == 0 {
+            self.marker(&mut inner, &end);
+            let _ = self.tx.send(OutputEvent::Ended { pid });
+        } else {
+            inner.pending_end = Some(end);
+        }
+    }
+
+    /// A pipe of run `run` reached end of file.
+    fn pipe_closed(&self, run: u64) {
+        let mut inner = self.lock();
+        if inner.run != run || inner.open_pipes == 0 {
+            return;
+        }
+        inner.open_pipes -= 1;
+        if inner.open_pipes == 0 {
+            if let Some(end) = inner.pending_end.take() {
+                self.marker(&mut inner, &end);
+                let _ = self.tx.send(OutputEvent::Ended { pid: inner.run_pid });
+            }
+        }
+    }
+
+    /// Writes a marker line into each log file (not into the ring).
+    fn marker(&self, inner: &mut Inner, text: &str) {
+        if inner.cfg.mode != OutputMode::Log {
+            return;
+        }
+        let mut line = Vec::with_capacity(text.len() + 40);
+        if inner.cfg.timestamps {
+            line.extend_from_slice(now().as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(text.as_bytes());
+        line.push(b'\n');
+        let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+        for f in inner.files.iter_mut().flatten() {
+            if f.append(&line, max, backups).is_err() {
+                self.dropped.fetch_add(line.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes one line (without its newline) read from `stream`.
+    fn line(&self, stream: Stream, bytes: &[u8], newline: bool) {
+        let time = now();
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let entry = LogLine {
+            name: self.name.clone(),
+            stream,
+            line: text,
+            time: Some(time.clone()),
+            newline,
+        };
+        let mut inner = self.lock();
+        match inner.cfg.mode {
+            OutputMode::Log => {
+                let mut buf = Vec::with_capacity(bytes.len() + 40);
+                if inner.cfg.timestamps {
+                    buf.extend_from_slice(time.as_bytes());
+                    buf.push(b' ');
+                }
+                buf.extend_from_slice(bytes);
+                buf.push(b'\n');
+                let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+                let idx = if inner.files[1].is_some() {
+                    stream.index()
+                } else {
+                    0
+                };
+                if let Some(f) = inner.files[idx].as_mut() {
+                    if f.append(&buf, max, backups).is_err() {
+                        self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+            OutputMode::Journal => {
+                if !journal_send(&mut inner.journal, &self.name, stream, bytes) {
+                    self.dropped
+                        .fetch_add(bytes.len() as u64 + 1, Ordering::Relaxed);
+                }
+            }
+            OutputMode::Null => {}
+        }
+        inner.ring.push(entry.clone());
+        drop(inner);
+        let _ = self.tx.send(OutputEvent::Line(entry));
+    }
+
+    /// The last `n` lines of `streams` (both when `None`): from the ring,
+    /// and, when it holds fewer and has lost none, older ones from the log
+    /// file(s) before them.
+    pub fn tail(&self, n: usize, only: Option<Stream>) -> Vec<LogLine> {
+        let inner = self.lock();
+        let wanted = |l: &LogLine| only.is_none_or(|s| s == l.stream);
+        let mut from_ring: Vec<LogLine> = inner
+            .ring
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| wanted(l))
+            .take(n)
+            .cloned()
+            .collect();
+        from_ring.reverse();
+        if from_ring.len() >= n || inner.ring.evicted {
+            return from_ring;
+        }
+        let missing = n - from_ring.len();
+        let mut older = Vec::new();
+        for (i, f) in inner.files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let stream = if i == 0 && inner.files[1].is_some() {
+                Stream::Stdout
+            } else if i == 1 {
+                Stream::Stderr
+            } else {
+                // One merged file: its lines are both.
+                Stream::Stdout
+            };
+            if only.is_some_and(|s| s != stream) && inner.files[1].is_some() {
+                continue;
+            }
+            let lines = tail_lines(&f.path, missing + f.lines_written);
+            let keep = lines.len().saturating_sub(f.lines_written);
+            for line in lines.into_iter().take(keep) {
+                older.push(LogLine {
+                    name: self.name.clone(),
+                    stream,
+                    line: String::from_utf8_lossy(&line).into_owned(),
+                    time: None,
+                    newline: true,
+                });
+            }
+        }
+        let skip = older.len().saturating_sub(missing);
+        older.drain(..skip);
+        older.extend(from_ring);
+        older
+    }
+}
+
+/// The last `n` lines of the file at `path` (reads at most 4 MiB from its
+/// end).
+fn tail_lines(path: &Path, n: usize) -> Vec<Vec<u8>> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(4 * 1024 * 1024);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if file.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    let mut lines: Vec<Vec<u8>> = buf
+        .rsplit(|&b| b == b'\n')
+        .take(n)
+        .map(<[u8]>::to_vec)
+        .collect();
+    lines.reverse();
+    lines
+}
+
+/// Sends one line to journald's native socket, without blocking. `false`
+/// when it could not be sent.
+fn journal_send(
+    sock: &mut Option<std::os::unix::net::UnixDatagram>,
+    name: &str,
+    stream: Stream,
+    line: &[u8],
+) -> bool {
+    const JOURNAL: &str = "/run/systemd/journal/socket";
+    if sock.is_none() {
+        let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+            return false;
+        };
+        if s.set_nonblocking(true).is_err() {
+            return false;
+        }
+        *sock = Some(s);
+    }
+    let priority = match stream {
+        Stream::Stdout => 6,
+        Stream::Stderr => 3,
+    };
+    let mut msg = format!("SYSLOG_IDENTIFIER={name}\nPRIORITY={priority}\n").into_bytes();
+    // The binary form of a field: its name, a newline, a 64-bit little
+    // endian length, the value, a newline (a value may hold any byte).
+    msg.extend_from_slice(b"MESSAGE\n");
+    msg.extend_from_slice(&(line.len() as u64).to_le_bytes());
+    msg.extend_from_slice(line);
+    msg.push(b'\n');
+    sock.as_ref()
+        .is_some_and(|s| s.send_to(&msg, JOURNAL).is_ok())
+}
+
+/// Drains one pipe of run `run` until end of file: splits it into lines
+/// (pieces of at most [`MAX_LINE_BYTES`]) and hands each to `out`.
+pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u64) {
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(program = %out.name, error = %e, "cannot register an output pipe");
+            out.pipe_closed(run);
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(program = %out.name, error = %e, "reading output failed");
+                break;
+            }
+        };
+        let mut data = &buf[..n];
+        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
+            let (head, rest) = data.split_at(pos);
+            if partial.is_empty() {
+                out.line(stream, head, true);
+            } else {
+                partial.extend_from_slice(head);
+                out.line(stream, &partial, true);
+                partial.clear();
+            }
+            data = &rest[1..];
+        }
+        partial.extend_from_slice(data);
+        while partial.len() >= MAX_LINE_BYTES {
+            let rest = partial.split_off(MAX_LINE_BYTES);
+            out.line(stream, &partial, false);
+            partial = rest;
+        }
+    }
+    if !partial.is_empty() {
+        out.line(stream, &partial, false);
+    }
+    out.pipe_closed(run);
+}
+
+/// The folder for log files: `configured`, else `$LOGS_DIRECTORY`
+/// (systemd's `LogsDirectory=`), else `logs` in `state_dir`.
+pub fn log_dir(configured: Option<&Path>, state_dir: &Path) -> PathBuf {
+    if let Some(dir) = configured {
+        return dir.to_path_buf();
+    }
+    if let Some(dirs) = std::env::var_os("LOGS_DIRECTORY") {
+        if let Some(first) = dirs.to_string_lossy().split(':').find(|d| !d.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    state_dir.join("logs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> LogLine {
+        LogLine {
+            name: "p".into(),
+            stream: Stream::Stdout,
+            line: s.into(),
+            time: None,
+            newline: true,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_lines_within_its_bounds() {
+        let mut ring = Ring::default();
+        for i in 0..1500 {
+            ring.push(line(&i.to_string()));
+        }
+        assert_eq!(ring.lines.len(), RING_LINES);
+        assert_eq!(ring.lines.back().unwrap().line, "1499");
+        assert!(ring.evicted);
+        let big = "x".repeat(60 * 1024);
+        for _ in 0..10 {
+            ring.push(line(&big));
+        }
+        assert!(ring.bytes <= RING_BYTES);
+        assert_eq!(ring.lines.len(), 4);
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = LogFile::new(dir.path().join("p.out.log"));
+        for _ in 0..100 {
+            f.append(b"0123456789\n", 50, 2).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["p.out.log", "p.out.log.1", "p.out.log.2"]);
+        for n in &names {
+            assert!(std::fs::metadata(dir.path().join(n)).unwrap().len() <= 50);
+        }
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        use crate::config::parse_size;
+        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("500KB"), Ok(500_000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("10 parsecs").is_err());
+    }
+}
