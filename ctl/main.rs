@@ -906,7 +906,7 @@ fn run_command(mut client: Client, params: Value, json_out: bool) -> Result<u8, 
     use std::io::Read;
     let answer = client.call("run", params)?;
     if json_out {
-        print_json(&answer);
+        out_line(&answer.to_string());
     }
     let mut writer = client.try_clone_writer()?;
     std::thread::spawn(move || {

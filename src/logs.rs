@@ -386,50 +386,86 @@ impl ProgramOutput {
         }
     }
 
-    /// Takes one line (without its newline) read from `stream`.
-    fn line(&self, stream: Stream, bytes: &[u8], newline: bool) {
+    /// Takes the lines (without their newlines; `true` when one ended it)
+    /// read from `stream` in one chunk: one lock, one timestamp, and one
+    /// `write` a file for the whole batch.
+    fn lines(&self, stream: Stream, batch: &[(&[u8], bool)]) {
+        if batch.is_empty() {
+            return;
+        }
         let time = now();
-        let text = String::from_utf8_lossy(bytes).into_owned();
-        let entry = LogLine {
-            name: self.name.clone(),
-            stream,
-            line: text,
-            time: Some(time.clone()),
-            newline,
-        };
+        let entries: Vec<LogLine> = batch
+            .iter()
+            .map(|(bytes, newline)| LogLine {
+                name: self.name.clone(),
+                stream,
+                line: String::from_utf8_lossy(bytes).into_owned(),
+                time: Some(time.clone()),
+                newline: *newline,
+            })
+            .collect();
         let mut inner = self.lock();
+        let inner = &mut *inner;
         match inner.cfg.mode {
             OutputMode::Log => {
-                let mut buf = Vec::with_capacity(bytes.len() + 40);
-                if inner.cfg.timestamps {
-                    buf.extend_from_slice(time.as_bytes());
-                    buf.push(b' ');
-                }
-                buf.extend_from_slice(bytes);
-                buf.push(b'\n');
-                let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+                let (max, backups, stamp) =
+                    (inner.cfg.max_bytes, inner.cfg.backups, inner.cfg.timestamps);
                 let idx = if inner.files[1].is_some() {
                     stream.index()
                 } else {
                     0
                 };
                 if let Some(f) = inner.files[idx].as_mut() {
-                    if f.append(&buf, max, backups).is_err() {
-                        self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    let mut buf = Vec::with_capacity(64 * 1024);
+                    let mut count = 0;
+                    for (bytes, _) in batch {
+                        let len = bytes.len() + 1 + if stamp { time.len() + 1 } else { 0 };
+                        if !buf.is_empty() && f.size + (buf.len() + len) as u64 > max {
+                            self.flush(f, &buf, count, max, backups);
+                            buf.clear();
+                            count = 0;
+                        }
+                        if stamp {
+                            buf.extend_from_slice(time.as_bytes());
+                            buf.push(b' ');
+                        }
+                        buf.extend_from_slice(bytes);
+                        buf.push(b'\n');
+                        count += 1;
                     }
+                    self.flush(f, &buf, count, max, backups);
                 }
             }
             OutputMode::Journal => {
-                if !journal_send(&mut inner.journal, &self.name, stream, bytes) {
-                    self.dropped
-                        .fetch_add(bytes.len() as u64 + 1, Ordering::Relaxed);
+                for (bytes, _) in batch {
+                    if !journal_send(&mut inner.journal, &self.name, stream, bytes) {
+                        self.dropped
+                            .fetch_add(bytes.len() as u64 + 1, Ordering::Relaxed);
+                    }
                 }
             }
             OutputMode::Null => {}
         }
-        inner.ring.push(entry.clone());
-        drop(inner);
-        let _ = self.tx.send(OutputEvent::Line(entry));
+        for entry in &entries {
+            inner.ring.push(entry.clone());
+        }
+        for entry in entries {
+            let _ = self.tx.send(OutputEvent::Line(entry));
+        }
+    }
+
+    /// Appends `buf` (`count` whole lines) to `f`, counting it as dropped
+    /// when the write fails.
+    fn flush(&self, f: &mut LogFile, buf: &[u8], count: usize, max: u64, backups: u32) {
+        if buf.is_empty() {
+            return;
+        }
+        match f.append(buf, max, backups) {
+            Ok(()) => f.lines_written += count.saturating_sub(1),
+            Err(_) => {
+                self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The last `n` lines of `streams` (both when `None`): from the ring,
@@ -575,26 +611,52 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
             }
         };
         let mut data = &buf[..n];
-        while let Some(pos) = data.iter().position(|&b| b == b'\n') {
-            let (head, rest) = data.split_at(pos);
-            if partial.is_empty() {
-                out.line(stream, head, true);
-            } else {
-                partial.extend_from_slice(head);
-                out.line(stream, &partial, true);
-                partial.clear();
+        // A line begun in an earlier read, completed (or cut) in this one.
+        let mut first: Option<(Vec<u8>, bool)> = None;
+        if !partial.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) if partial.len() + pos <= MAX_LINE_BYTES => {
+                    partial.extend_from_slice(&data[..pos]);
+                    first = Some((std::mem::take(&mut partial), true));
+                    data = &data[pos + 1..];
+                }
+                _ => {
+                    let take = (MAX_LINE_BYTES - partial.len()).min(data.len());
+                    partial.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if partial.len() >= MAX_LINE_BYTES {
+                        first = Some((std::mem::take(&mut partial), false));
+                    }
+                }
             }
-            data = &rest[1..];
         }
-        partial.extend_from_slice(data);
-        while partial.len() >= MAX_LINE_BYTES {
-            let rest = partial.split_off(MAX_LINE_BYTES);
-            out.line(stream, &partial, false);
-            partial = rest;
+        let mut batch: Vec<(&[u8], bool)> = Vec::new();
+        if let Some((line, newline)) = &first {
+            batch.push((line, *newline));
         }
+        while !data.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) if pos <= MAX_LINE_BYTES => {
+                    batch.push((&data[..pos], true));
+                    data = &data[pos + 1..];
+                }
+                _ if data.len() >= MAX_LINE_BYTES => {
+                    batch.push((&data[..MAX_LINE_BYTES], false));
+                    data = &data[MAX_LINE_BYTES..];
+                }
+                _ => {
+                    partial.extend_from_slice(data);
+                    data = &[];
+                }
+            }
+        }
+        out.lines(stream, &batch);
+        // Let the other tasks (the supervisor, control connections) run
+        // between chunks, however fast the program writes.
+        tokio::task::yield_now().await;
     }
     if !partial.is_empty() {
-        out.line(stream, &partial, false);
+        out.lines(stream, &[(&partial, false)]);
     }
     out.pipe_closed(run);
 }

@@ -429,3 +429,80 @@ pub fn raw_exchange(socket: &Path, bytes: &[u8]) -> Value {
     reader.read_line(&mut line).expect("read answer");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?} is not JSON: {e}"))
 }
+
+/// One `[program.NAME]` table running `argv`, with `extra` keys.
+pub fn program(name: &str, argv: &[&str], extra: &str) -> String {
+    // A JSON array of strings is a valid TOML inline array.
+    let command = serde_json::to_string(argv).expect("argv as JSON");
+    format!("[program.{name}]\ncommand = {command}\n{extra}\n")
+}
+
+impl Supd {
+    /// The default log folder: `logs` beside the socket (the state folder).
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The text of log file `file` in the default log folder ("" if missing).
+    pub fn log_file(&self, file: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_dir().join(file)).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Starts `supctl --socket S ARGS...` with stdout piped and stdin `stdin`,
+    /// without waiting.
+    pub fn ctl_spawn(&self, args: &[&str], stdin: Stdio) -> Child {
+        Command::new(SUPCTL)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn supctl")
+    }
+}
+
+/// The lines a child prints on stdout, as they come (read by a thread).
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `deadline` for a child to exit; kills it and panics after.
+pub fn wait_child(child: &mut Child, what: &str, deadline: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills a child on drop (a supctl a test started), so a failing test
+/// leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
