@@ -232,6 +232,11 @@ struct Inner {
     open_pipes: u8,
     pending_end: Option<String>,
     journal: Option<std::os::unix::net::UnixDatagram>,
+    /// The program writes its log file(s) itself (`daemon = false`): supd
+    /// only follows them, and rotates them by copy, then truncate.
+    direct: bool,
+    /// The tasks following those files.
+    followers: Vec<tokio::task::AbortHandle>,
 }
 
 /// Everything supd keeps of one program's output. See the module's doc.
@@ -250,7 +255,7 @@ fn now() -> String {
 
 impl ProgramOutput {
     /// The output of program `name`, logged into `dir` as `cfg` says.
-    pub fn new(name: &str, dir: &Path, cfg: &OutputConfig) -> Arc<ProgramOutput> {
+    pub fn new(name: &str, dir: &Path, cfg: &OutputConfig, direct: bool) -> Arc<ProgramOutput> {
         let (tx, _) = broadcast::channel(FOLLOW_QUEUE);
         let out = ProgramOutput {
             name: name.to_string(),
@@ -264,11 +269,13 @@ impl ProgramOutput {
                 open_pipes: 0,
                 pending_end: None,
                 journal: None,
+                direct: false,
+                followers: Vec::new(),
             }),
             tx,
             dropped: AtomicU64::new(0),
         };
-        out.configure(cfg);
+        out.configure(cfg, direct);
         Arc::new(out)
     }
 
@@ -279,13 +286,17 @@ impl ProgramOutput {
     }
 
     /// Takes a new configuration (a reload); files are opened again.
-    pub fn configure(&self, cfg: &OutputConfig) {
+    /// `direct`: the program writes its log files itself (see
+    /// [`ProgramOutput::files_for_child`]).
+    pub fn configure(&self, cfg: &OutputConfig, direct: bool) {
         let mut inner = self.lock();
+        let direct = direct && cfg.mode == OutputMode::Log;
         let fresh = inner.files.iter().all(Option::is_none) && inner.run == 0;
-        if inner.cfg == *cfg && !fresh {
+        if inner.cfg == *cfg && inner.direct == direct && !fresh {
             return;
         }
         inner.cfg = cfg.clone();
+        inner.direct = direct;
         let file = |suffix: &str| {
             Some(LogFile::new(
                 self.dir.join(format!("{}{suffix}", self.name)),
@@ -313,6 +324,10 @@ impl ProgramOutput {
     /// moved away) at its next line.
     pub fn reopen(&self) {
         let mut inner = self.lock();
+        if inner.direct {
+            // The program holds its own descriptor; nothing to reopen.
+            return;
+        }
         for f in inner.files.iter_mut().flatten() {
             f.file = None;
             f.lines_written = 0;
@@ -379,8 +394,16 @@ impl ProgramOutput {
         line.extend_from_slice(text.as_bytes());
         line.push(b'\n');
         let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+        let direct = inner.direct;
         for f in inner.files.iter_mut().flatten() {
-            if f.append(&line, max, backups).is_err() {
+            let written = if direct {
+                // The program appends to this file too: a fresh append,
+                // with no size bookkeeping (the follower rotates).
+                open_append(&f.path).and_then(|mut file| file.write_all(&line))
+            } else {
+                f.append(&line, max, backups)
+            };
+            if written.is_err() {
                 self.dropped.fetch_add(line.len() as u64, Ordering::Relaxed);
             }
         }
@@ -390,6 +413,12 @@ impl ProgramOutput {
     /// read from `stream` in one chunk: one lock, one timestamp, and one
     /// `write` a file for the whole batch.
     fn lines(&self, stream: Stream, batch: &[(&[u8], bool)]) {
+        self.take_lines(stream, batch, true);
+    }
+
+    /// As [`ProgramOutput::lines`]; `to_files` false for lines read back
+    /// from a file the program writes itself.
+    fn take_lines(&self, stream: Stream, batch: &[(&[u8], bool)], to_files: bool) {
         if batch.is_empty() {
             return;
         }
@@ -407,6 +436,7 @@ impl ProgramOutput {
         let mut inner = self.lock();
         let inner = &mut *inner;
         match inner.cfg.mode {
+            OutputMode::Log if !to_files => {}
             OutputMode::Log => {
                 let (max, backups, stamp) =
                     (inner.cfg.max_bytes, inner.cfg.backups, inner.cfg.timestamps);
@@ -465,6 +495,88 @@ impl ProgramOutput {
             Err(_) => {
                 self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// For a program that writes its log file(s) itself: opens them for
+    /// appending (the child's stdout, and its stderr unless merged), and
+    /// (re)starts following them from their current end. `None` when this
+    /// output is not written directly.
+    pub fn files_for_child(self: &Arc<Self>) -> Option<io::Result<(File, Option<File>)>> {
+        let paths: Vec<(Stream, PathBuf)> = {
+            let inner = self.lock();
+            if !inner.direct {
+                return None;
+            }
+            inner
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    f.as_ref().map(|f| (stream, f.path.clone()))
+                })
+                .collect()
+        };
+        let opened = (|| {
+            let out = open_append(&paths[0].1)?;
+            let err = match paths.get(1) {
+                Some((_, p)) => Some(open_append(p)?),
+                None => None,
+            };
+            Ok((out, err))
+        })();
+        if opened.is_ok() {
+            self.follow(paths);
+        }
+        Some(opened)
+    }
+
+    /// Follows this program's own log files from their current end (an
+    /// adopted process, or a new run), replacing earlier followers.
+    pub fn follow_direct(self: &Arc<Self>) {
+        let paths: Vec<(Stream, PathBuf)> = {
+            let inner = self.lock();
+            if !inner.direct {
+                return;
+            }
+            inner
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    f.as_ref().map(|f| (stream, f.path.clone()))
+                })
+                .collect()
+        };
+        self.follow(paths);
+    }
+
+    fn follow(self: &Arc<Self>, paths: Vec<(Stream, PathBuf)>) {
+        let mut handles = Vec::new();
+        for (stream, path) in paths {
+            let task = tokio::spawn(follow_file(self.clone(), stream, path));
+            handles.push(task.abort_handle());
+        }
+        let old = std::mem::replace(&mut self.lock().followers, handles);
+        for h in old {
+            h.abort();
+        }
+    }
+
+    /// Stops following (the program is forgotten).
+    pub fn stop_following(&self) {
+        for h in std::mem::take(&mut self.lock().followers) {
+            h.abort();
         }
     }
 
@@ -585,6 +697,124 @@ fn journal_send(
     msg.push(b'\n');
     sock.as_ref()
         .is_some_and(|s| s.send_to(&msg, JOURNAL).is_ok())
+}
+
+/// Opens `path` for appending (created 0640 if missing), close-on-exec.
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Rotates a file that a program appends to itself: the numbered backups
+/// move up, the file is copied to `.1`, then truncated to zero (the
+/// program's `O_APPEND` writes go on at the new end). Lines written between
+/// the copy and the truncation are lost: the `copytruncate` trade-off.
+fn copy_truncate(path: &Path, backups: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if backups > 0 {
+        let _ = std::fs::remove_file(numbered(backups));
+        for n in (1..backups).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::copy(path, numbered(1))?;
+    }
+    OpenOptions::new().write(true).open(path)?.set_len(0)
+}
+
+/// Follows a log file that the program writes itself: woken by inotify
+/// (`IN_MODIFY`; no polling), reads what was appended since, and hands the
+/// lines to the ring and followers (not to the file again). Rotates the
+/// file by copy and truncate once it passes `log_max_bytes`.
+async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::unix::fs::FileExt;
+    let setup = (|| -> io::Result<(tokio::io::unix::AsyncFd<OwnedFd>, File)> {
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        ino.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open
+        // and names the same inotify instance for the AsyncFd's whole life.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                OwnedFd::from(ino),
+                tokio::io::Interest::READABLE,
+            )
+        }?;
+        let file = File::open(&path)?;
+        Ok((fd, file))
+    })();
+    let (ino, file) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file; logs -f will not show its new lines");
+            return;
+        }
+    };
+    let mut offset = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut partial: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = [0u8; 4096];
+    loop {
+        let Ok(mut guard) = ino.readable().await else {
+            return;
+        };
+        // Empty the event queue; the events only say "more to read".
+        loop {
+            match nix::unistd::read(ino.get_ref(), &mut events) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        guard.clear_ready();
+        drop(guard);
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            // Truncated (by us, or by logrotate's copytruncate).
+            offset = 0;
+            partial.clear();
+        }
+        while offset < len {
+            let n = match file.read_at(&mut buf, offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            offset += n as u64;
+            let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    batch.push((std::mem::take(&mut partial), true));
+                } else {
+                    partial.push(b);
+                    if partial.len() >= MAX_LINE_BYTES {
+                        batch.push((std::mem::take(&mut partial), false));
+                    }
+                }
+            }
+            let refs: Vec<(&[u8], bool)> =
+                batch.iter().map(|(l, nl)| (l.as_slice(), *nl)).collect();
+            out.take_lines(stream, &refs, false);
+            tokio::task::yield_now().await;
+        }
+        let (max, backups) = {
+            let inner = out.lock();
+            (inner.cfg.max_bytes, inner.cfg.backups)
+        };
+        if offset > max {
+            if let Err(e) = copy_truncate(&path, backups) {
+                tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot rotate the log file");
+            } else {
+                offset = 0;
+                partial.clear();
+            }
+        }
+    }
 }
 
 /// Drains one pipe of run `run` until end of file: splits it into lines

@@ -111,8 +111,10 @@ pub enum SpawnError {
 ///
 /// Output: with `stdout = "null"` both streams go to `/dev/null`;
 /// otherwise each is a pipe whose read end is returned in [`Pipes`] (one
-/// pipe for both with `redirect_stderr`). stdin is `/dev/null`, or a pipe
-/// when `stdin_pipe` (for `supctl run`).
+/// pipe for both with `redirect_stderr`), unless `files` gives the log
+/// files the program writes itself (`daemon = false`: no pipe whose reader
+/// could die with supd). stdin is `/dev/null`, or a pipe when `stdin_pipe`
+/// (for `supctl run`).
 ///
 /// Must be called on the daemon's main thread (see `PR_SET_PDEATHSIG`).
 ///
@@ -123,6 +125,7 @@ pub fn spawn(
     cfg: &ProgramConfig,
     extra_env: &[(String, String)],
     stdin_pipe: bool,
+    files: Option<(std::fs::File, Option<std::fs::File>)>,
 ) -> Result<(Child, Pipes), SpawnError> {
     if let Some(cwd) = &cfg.cwd {
         check_cwd(&cfg.name, cwd)?;
@@ -157,7 +160,14 @@ pub fn spawn(
     } else {
         cmd.stdin(Stdio::null());
     }
-    if cfg.output.mode == crate::config::OutputMode::Null {
+    if let Some((out, err)) = files {
+        let err = match err {
+            Some(err) => err,
+            None => out.try_clone().map_err(exec_err)?,
+        };
+        cmd.stdout(Stdio::from(out));
+        cmd.stderr(Stdio::from(err));
+    } else if cfg.output.mode == crate::config::OutputMode::Null {
         cmd.stdout(Stdio::null());
         cmd.stderr(Stdio::null());
     } else {

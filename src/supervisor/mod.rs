@@ -830,6 +830,9 @@ impl Supervisor {
     fn forget(&mut self, name: &str) -> Option<Program> {
         let mut p = self.programs.remove(name)?;
         p.cancel_timer();
+        if let Some(out) = self.outputs.get(name) {
+            out.stop_following();
+        }
         if p.transient {
             self.outputs.remove(name);
         }
@@ -1165,20 +1168,30 @@ impl Supervisor {
             for action in actions {
                 match action {
                     Action::Spawn => {
+                        let direct = !p.cfg.daemon && !p.transient;
+                        let out = self
+                            .outputs
+                            .entry(name.to_string())
+                            .or_insert_with(|| {
+                                ProgramOutput::new(name, &self.log_dir, &p.cfg.output, direct)
+                            })
+                            .clone();
+                        out.configure(&p.cfg.output, direct);
+                        let files = match out.files_for_child() {
+                            Some(Ok(files)) => Some(files),
+                            Some(Err(e)) => {
+                                tracing::error!(program = %name, error = %e, "cannot open the log file; its output goes through a pipe instead");
+                                None
+                            }
+                            None => None,
+                        };
                         match spawn::spawn(
                             &p.cfg,
                             &[("SUP_SUPD".to_string(), self.marker.clone())],
                             p.transient,
+                            files,
                         ) {
                             Ok((child, pipes)) => {
-                                let out = self
-                                    .outputs
-                                    .entry(name.to_string())
-                                    .or_insert_with(|| {
-                                        ProgramOutput::new(name, &self.log_dir, &p.cfg.output)
-                                    })
-                                    .clone();
-                                out.configure(&p.cfg.output);
                                 let n = u8::from(pipes.stdout.is_some())
                                     + u8::from(pipes.stderr.is_some());
                                 let run = out.run_started(child.pid, n);

@@ -21,7 +21,7 @@ impl Supervisor {
     pub(super) fn output(&mut self, name: &str, cfg: &OutputConfig) -> Arc<ProgramOutput> {
         self.outputs
             .entry(name.to_string())
-            .or_insert_with(|| ProgramOutput::new(name, &self.log_dir, cfg))
+            .or_insert_with(|| ProgramOutput::new(name, &self.log_dir, cfg, false))
             .clone()
     }
 

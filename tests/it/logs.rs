@@ -381,3 +381,74 @@ fn long_lines_are_cut_and_invalid_utf8_stays_bytes_in_files_and_valid_json() {
     assert_eq!(xs.iter().map(|t| t.len()).sum::<usize>(), 200_000);
     assert_eq!(xs.len(), 4, "200,000 bytes in pieces of 64 KiB");
 }
+
+#[test]
+fn a_daemon_false_program_writes_its_log_itself_and_survives_supd_being_killed() {
+    let script = "i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.02; done";
+    let mut supd = Supd::start(&program(
+        "ticker",
+        &["sh", "-c", script],
+        "start_secs = \"0s\"\nrestart = \"never\"",
+    ));
+    let pid = supd.wait_state("ticker", "running").pid.unwrap();
+    // Its stdout is the log file itself, not a pipe to supd.
+    let target = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("fd 1");
+    assert_eq!(target, supd.log_dir().join("ticker.out.log"));
+    // supd follows the file: the ring and `logs` see the lines.
+    poll("ticks through logs", DEADLINE, || {
+        supd.ctl_text(&["logs", "ticker", "-n", "2"])
+            .1
+            .contains("tick-")
+            .then_some(())
+    });
+    supd.signal_daemon(libc::SIGKILL);
+    supd.wait_exit(DEADLINE);
+    let size = |supd: &Supd| {
+        std::fs::metadata(supd.log_dir().join("ticker.out.log")).map_or(0, |m| m.len())
+    };
+    let at_death = size(&supd);
+    poll(
+        "the program to keep writing after supd died",
+        DEADLINE,
+        || (size(&supd) > at_death + 200).then_some(()),
+    );
+    assert!(alive(pid), "no SIGPIPE: the program lives on");
+    supd.restart_daemon();
+    assert!(supd.wait_state("ticker", "running").adopted);
+    let mut follower = KillOnDrop(supd.ctl_spawn(
+        &["--json", "logs", "-f", "ticker", "-n", "0"],
+        Stdio::null(),
+    ));
+    let lines = stdout_lines(&mut follower.0);
+    let line = lines
+        .recv_timeout(DEADLINE)
+        .expect("a line followed after adoption");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert!(v["line"].as_str().unwrap().starts_with("tick-"), "{line}");
+}
+
+#[test]
+fn a_daemon_false_log_is_rotated_by_copy_and_truncate() {
+    let script = "i=0; while [ $i -lt 60 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); sleep 0.01; done; sleep 300";
+    let supd = Supd::start(&program(
+        "rot",
+        &["sh", "-c", script],
+        "start_secs = \"0s\"\nrestart = \"never\"\nlog_max_bytes = \"1KB\"\nlog_backups = 2",
+    ));
+    let dir = supd.log_dir();
+    poll("a rotation", DEADLINE, || {
+        dir.join("rot.out.log.2").exists().then_some(())
+    });
+    poll("the last line", DEADLINE, || {
+        let all = [
+            supd.log_file("rot.out.log"),
+            supd.log_file("rot.out.log.1"),
+            supd.log_file("rot.out.log.2"),
+        ];
+        all.iter().any(|t| t.contains("line-59-")).then_some(())
+    });
+    assert!(
+        !dir.join("rot.out.log.3").exists(),
+        "more than log_backups files kept"
+    );
+}
