@@ -423,7 +423,15 @@ impl ProgramOutput {
             return;
         }
         let time = now();
-        let entries: Vec<LogLine> = batch
+        // Without followers only the last lines can end up in the ring:
+        // the others go to the file and nowhere else.
+        let followed = self.tx.receiver_count() > 0;
+        let first = if followed {
+            0
+        } else {
+            batch.len().saturating_sub(RING_LINES)
+        };
+        let entries: Vec<LogLine> = batch[first..]
             .iter()
             .map(|(bytes, newline)| LogLine {
                 name: self.name.clone(),
@@ -476,11 +484,17 @@ impl ProgramOutput {
             }
             OutputMode::Null => {}
         }
-        for entry in &entries {
-            inner.ring.push(entry.clone());
-        }
-        for entry in entries {
-            let _ = self.tx.send(OutputEvent::Line(entry));
+        if followed {
+            for entry in &entries {
+                inner.ring.push(entry.clone());
+            }
+            for entry in entries {
+                let _ = self.tx.send(OutputEvent::Line(entry));
+            }
+        } else {
+            for entry in entries {
+                inner.ring.push(entry);
+            }
         }
     }
 
