@@ -452,3 +452,56 @@ fn a_daemon_false_log_is_rotated_by_copy_and_truncate() {
         "more than log_backups files kept"
     );
 }
+
+#[test]
+fn a_follower_that_falls_behind_is_told_how_many_lines_it_missed() {
+    use std::io::{BufRead, BufReader, Write};
+    let supd = Supd::start(&program(
+        "flood",
+        &["yes"],
+        &format!("{PIPED}\nlog_max_bytes = \"4MiB\"\nlog_backups = 1"),
+    ));
+    supd.wait_state("flood", "running");
+    let mut stream = std::os::unix::net::UnixStream::connect(&supd.socket).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+        .write_all(
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"logs\",\"params\":{\"name\":\"flood\",\"lines\":0,\"follow\":true}}\n",
+        )
+        .expect("send");
+    // Not reading while the flood goes on: far more than the 4,096-line
+    // backlog and the socket's buffer pass by.
+    let size = |supd: &Supd| {
+        let dir = supd.log_dir();
+        ["flood.out.log", "flood.out.log.1"]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let start = size(&supd);
+    poll("2 MB more of the flood", DEADLINE, || {
+        let now = size(&supd);
+        (now > start + 2_000_000 || now < start).then_some(())
+    });
+    let mut reader = BufReader::new(stream);
+    let end = Instant::now() + DEADLINE;
+    let mut line = String::new();
+    let missed = loop {
+        assert!(Instant::now() < end, "no log.missed notification");
+        line.clear();
+        reader.read_line(&mut line).expect("a line");
+        let v: Value = serde_json::from_str(&line).expect("JSON");
+        if v["method"] == "log.missed" {
+            break v["params"]["missed"].as_u64().expect("a count");
+        }
+    };
+    assert!(missed > 0);
+    // And it goes on following.
+    line.clear();
+    reader.read_line(&mut line).expect("a line after the gap");
+    let v: Value = serde_json::from_str(&line).expect("JSON");
+    assert!(
+        v["method"] == "log" || v["method"] == "log.missed",
+        "{line}"
+    );
+}
