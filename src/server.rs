@@ -569,6 +569,7 @@ async fn serve_run(
         output: mut rx,
         exit: mut exit_rx,
         stdin,
+        mut guard,
     } = started;
     let mut stdin_tx = stdin.and_then(|fd| {
         let (tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
@@ -591,6 +592,11 @@ async fn serve_run(
     let mut result = None;
     let outcome: io::Result<()> = async {
         while !(ended && result.is_some()) {
+            if input.eof && input.queued.is_empty() {
+                // The client shut down its writing side (possibly while the
+                // answer was on its way): that is the end of stdin.
+                stdin_tx = None;
+            }
             tokio::select! {
                 ev = rx.recv(), if !ended => match ev {
                     Ok(OutputEvent::Line(line)) => {
@@ -653,10 +659,13 @@ async fn serve_run(
         notify(writer, method, result.as_ref()).await
     }
     .await;
-    if outcome.is_err() && result.is_none() {
+    if result.is_some() {
+        guard.disarm();
+    } else {
         tracing::info!(program = %name, "the client of a run went away; stopping the run");
-        stop_run(handle, &name);
     }
+    // Dropped armed, the guard stops the run.
+    drop(guard);
     outcome
 }
 

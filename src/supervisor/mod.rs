@@ -80,6 +80,40 @@ pub struct RunStarted {
     pub exit: oneshot::Receiver<WaitResult>,
     /// The write end of its stdin.
     pub stdin: Option<std::os::fd::OwnedFd>,
+    /// Stops the run when dropped, unless disarmed: a run whose answer or
+    /// stream is abandoned (the client hung up, at whatever moment) is
+    /// never left behind.
+    pub guard: RunGuard,
+}
+
+/// See [`RunStarted::guard`].
+#[derive(Debug)]
+pub struct RunGuard {
+    name: String,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
+}
+
+impl RunGuard {
+    /// The run ended as it should: nothing to stop.
+    pub fn disarm(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let (reply, _) = oneshot::channel();
+            let _ = tx.send(Msg::Stop {
+                select: NamesParams {
+                    names: vec![self.name.clone()],
+                    all: false,
+                },
+                kill: false,
+                reply,
+            });
+        }
+    }
 }
 
 /// Events kept for a subscriber that has not read them yet; one that falls
@@ -707,6 +741,22 @@ impl Supervisor {
         let Some(p) = self.programs.get_mut(name) else {
             return;
         };
+        if p.queued.is_some() {
+            // A queued run that is stopped never runs: its client hears so.
+            let outcome = p.outcome();
+            let pool = p.run_pool.clone();
+            self.forget(name);
+            if let Some(w) = waiter {
+                let _ = w.send(Outcome {
+                    state: State::Stopped,
+                    ..outcome
+                });
+            }
+            if let Some(pool) = pool {
+                self.release_pool(&pool);
+            }
+            return;
+        }
         let busy = p.state().has_process() || p.state() == State::Backoff || p.machine.waiting;
         if !busy {
             // Stopping what has no process is done already (as `systemctl stop`).

@@ -159,11 +159,14 @@ impl Supervisor {
                     output,
                     exit,
                     stdin: p.stdin.take(),
+                    guard: super::RunGuard {
+                        name: name.to_string(),
+                        tx: Some(self.tx.clone()),
+                    },
                 };
-                if reply.send(Ok(started)).is_err() {
-                    // Its client is gone: a run is never left behind.
-                    self.stop_one(name, false, None);
-                }
+                // Its client may be gone: then the answer is dropped, and
+                // its guard stops the run.
+                let _ = reply.send(Ok(started));
             }
             None => {
                 let why = p

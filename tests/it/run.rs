@@ -241,3 +241,81 @@ fn a_pool_of_two_never_runs_more_than_two_and_queues_the_rest_in_order() {
     assert_eq!(pairs, [["0", "1"], ["2", "3"]], "{text}");
     assert_eq!(starts[4], "4", "{text}");
 }
+
+#[test]
+fn a_client_that_only_closes_its_writing_side_has_closed_stdin_not_hung_up() {
+    use std::io::{BufRead, BufReader};
+    let supd = Supd::start("");
+    let mut stream = std::os::unix::net::UnixStream::connect(&supd.socket).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"run\",\"params\":{\"command\":[\"cat\"]}}\n")
+        .expect("send run");
+    stream
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"stdin\",\"params\":{\"data\":\"half\\n\",\"eof\":false}}\n")
+        .expect("send stdin");
+    // No eof notification: shutting down the writing side is the end of stdin.
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut reader = BufReader::new(stream);
+    let mut seen = Vec::new();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < end, "no run.exited; saw {seen:?}");
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("a line") == 0 {
+            panic!("closed without run.exited; saw {seen:?}");
+        }
+        let v: Value = serde_json::from_str(&line).expect("JSON");
+        if v["method"] == "run.exited" {
+            assert_eq!(
+                v["params"]["returncode"], 0,
+                "cat saw end of file and exited 0"
+            );
+            break;
+        }
+        seen.push(v);
+    }
+    assert!(
+        seen.iter()
+            .any(|v| v["method"] == "output" && v["params"]["data"] == "half\n"),
+        "{seen:?}"
+    );
+}
+
+/// Polls until a program named `name` is listed in `state`.
+fn wait_listed(supd: &Supd, name: &str, state: &str) {
+    poll(&format!("{name} to be {state}"), DEADLINE, || {
+        supd.status_all()
+            .iter()
+            .any(|s| s.name == name && s.state.as_str() == state)
+            .then_some(())
+    });
+}
+
+#[test]
+fn stopping_a_queued_run_drops_it_before_it_runs() {
+    let supd = Supd::start("[pool.one]\nsize = 1\n");
+    let mut first = KillOnDrop(supd.ctl_spawn(
+        &[
+            "run", "--pool", "one", "--name", "busy", "--", "sleep", "300",
+        ],
+        Stdio::null(),
+    ));
+    wait_listed(&supd, "busy", "running");
+    let mut second = KillOnDrop(supd.ctl_spawn(
+        &[
+            "run", "--pool", "one", "--name", "waiting", "--", "sleep", "300",
+        ],
+        Stdio::null(),
+    ));
+    wait_listed(&supd, "waiting", "queued");
+    let (code, _, err) = supd.ctl_text(&["stop", "waiting"]);
+    assert_eq!(code, 0, "{err}");
+    let status = wait_child(&mut second.0, "the queued supctl run", DEADLINE);
+    assert_eq!(status.code(), Some(1), "it never ran");
+    assert!(supd.status_all().iter().all(|s| s.name != "waiting"));
+    supd.ctl_text(&["stop", "busy"]);
+    wait_child(&mut first.0, "the running supctl run", DEADLINE);
+}
