@@ -345,7 +345,10 @@ impl ProgramOutput {
         inner.run += 1;
         inner.run_pid = pid;
         inner.open_pipes = pipes;
-        self.marker(&mut inner, &format!("--- supd: started pid {pid} ---"));
+        if !inner.direct {
+            // (A program writing its own file wrote this before its exec.)
+            self.marker(&mut inner, &format!("--- supd: started pid {pid} ---"));
+        }
         inner.run
     }
 

@@ -160,7 +160,12 @@ pub fn spawn(
     } else {
         cmd.stdin(Stdio::null());
     }
+    // Which of fds 1 and 2 get the run's start marker from the child itself
+    // (a program that writes its log file directly): written before exec,
+    // so it comes before anything the program prints.
+    let mut marker_fds: u8 = 0;
     if let Some((out, err)) = files {
+        marker_fds = if err.is_some() { 0b11 } else { 0b01 };
         let err = match err {
             Some(err) => err,
             None => out.try_clone().map_err(exec_err)?,
@@ -195,11 +200,16 @@ pub fn spawn(
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the hook runs in the forked child before exec and makes only
     // async-signal-safe calls (setsid, sigprocmask, rt_sigaction, setrlimit,
-    // umask, setgroups, setgid, setuid, prctl, getppid, raise, close_range);
+    // umask, setgroups, setgid, setuid, prctl, getppid, raise, close_range,
+    // getpid, write);
     // it allocates nothing (`creds` was built before the fork) and takes no
     // lock.
     unsafe {
-        cmd.pre_exec(move || child_setup(daemon, parent, &creds));
+        cmd.pre_exec(move || {
+            child_setup(daemon, parent, &creds)?;
+            write_start_marker(marker_fds);
+            Ok(())
+        });
     }
 
     let started = Instant::now();
@@ -395,6 +405,44 @@ fn child_setup(daemon: bool, parent: libc::pid_t, creds: &Creds) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Writes `--- supd: started pid N ---` to fd 1 (bit 0 of `fds`) and fd 2
+/// (bit 1), in the child before exec. Async-signal-safe: the line is built
+/// in a stack buffer; only getpid and write are called.
+fn write_start_marker(fds: u8) {
+    if fds == 0 {
+        return;
+    }
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    let mut line = [0u8; 64];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        line[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    put(b"--- supd: started pid ");
+    for i in (0..n).rev() {
+        put(&digits[i..=i]);
+    }
+    put(b" ---\n");
+    for fd in [1, 2] {
+        if fds & (1 << (fd - 1)) != 0 {
+            // SAFETY: write(2) from a stack buffer of `len` valid bytes.
+            unsafe { libc::write(fd, line.as_ptr().cast(), len) };
+        }
+    }
 }
 
 /// For kernels without `CLOSE_RANGE_CLOEXEC`: set FD_CLOEXEC on each

@@ -505,3 +505,28 @@ fn a_follower_that_falls_behind_is_told_how_many_lines_it_missed() {
         "{line}"
     );
 }
+
+#[test]
+fn a_daemon_false_log_frames_each_run_with_markers_in_order() {
+    let supd = Supd::start(&program(
+        "once",
+        &["sh", "-c", "echo first; echo second >&2; exit 4"],
+        "start_secs = \"0s\"\nrestart = \"never\"\nredirect_stderr = true",
+    ));
+    let text = poll("the end marker", DEADLINE, || {
+        let t = supd.log_file("once.log");
+        t.contains("--- supd: exited").then_some(t)
+    });
+    let pid = supd
+        .client()
+        .wait("once", Some(10.0))
+        .expect("wait")
+        .pid
+        .expect("its pid");
+    assert_eq!(
+        text,
+        format!(
+            "--- supd: started pid {pid} ---\nfirst\nsecond\n--- supd: exited pid {pid} returncode 4 ---\n"
+        )
+    );
+}
