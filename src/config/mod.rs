@@ -36,7 +36,7 @@ pub struct Config {
 pub struct SupdConfig {
     /// `socket`: the control socket's path (relative to the config file's
     /// folder). `None` leaves it to `--socket` or the default
-    /// ([`crate::daemon::default_socket_path`]).
+    /// ([`crate::client::default_socket_path`]).
     pub socket: Option<PathBuf>,
     /// `shutdown_timeout` (default 30 s): how long shutdown waits for
     /// programs before SIGKILL of what is left.
