@@ -118,9 +118,10 @@ struct LogFile {
     path: PathBuf,
     file: Option<File>,
     size: u64,
-    /// Lines appended to the current file by this supd (to tell the file's
-    /// older lines from those the ring also holds).
-    lines_written: usize,
+    /// Where the file's lines from before this supd (or before this
+    /// follower) end: lines past it are in the ring too. `None` until the
+    /// file is first opened or followed.
+    older_end: Option<u64>,
 }
 
 impl LogFile {
@@ -129,7 +130,7 @@ impl LogFile {
             path,
             file: None,
             size: 0,
-            lines_written: 0,
+            older_end: None,
         }
     }
 
@@ -142,6 +143,7 @@ impl LogFile {
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&self.path)?;
             self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.older_end.get_or_insert(self.size);
             self.file = Some(file);
         }
         Ok(self.file.as_mut().expect("just opened"))
@@ -166,7 +168,7 @@ impl LogFile {
             let _ = std::fs::rename(&self.path, numbered(1));
         }
         self.size = 0;
-        self.lines_written = 0;
+        self.older_end = Some(0);
     }
 
     /// Appends `bytes` (one line with its newline), rotating first when it
@@ -182,7 +184,6 @@ impl LogFile {
         match file.write_all(bytes) {
             Ok(()) => {
                 self.size += bytes.len() as u64;
-                self.lines_written += 1;
                 Ok(())
             }
             Err(e) => {
@@ -330,7 +331,8 @@ impl ProgramOutput {
         }
         for f in inner.files.iter_mut().flatten() {
             f.file = None;
-            f.lines_written = 0;
+            // A new file (if it was moved away) holds nothing older.
+            f.older_end = None;
         }
     }
 
@@ -458,13 +460,11 @@ impl ProgramOutput {
                 };
                 if let Some(f) = inner.files[idx].as_mut() {
                     let mut buf = Vec::with_capacity(64 * 1024);
-                    let mut count = 0;
                     for (bytes, _) in batch {
                         let len = bytes.len() + 1 + if stamp { time.len() + 1 } else { 0 };
                         if !buf.is_empty() && f.size + (buf.len() + len) as u64 > max {
-                            self.flush(f, &buf, count, max, backups);
+                            self.flush(f, &buf, max, backups);
                             buf.clear();
-                            count = 0;
                         }
                         if stamp {
                             buf.extend_from_slice(time.as_bytes());
@@ -472,9 +472,8 @@ impl ProgramOutput {
                         }
                         buf.extend_from_slice(bytes);
                         buf.push(b'\n');
-                        count += 1;
                     }
-                    self.flush(f, &buf, count, max, backups);
+                    self.flush(f, &buf, max, backups);
                 }
             }
             OutputMode::Journal => {
@@ -501,14 +500,14 @@ impl ProgramOutput {
         }
     }
 
-    /// Appends `buf` (`count` whole lines) to `f`, counting it as dropped
+    /// Appends `buf` (whole lines) to `f`, counting it as dropped
     /// when the write fails.
-    fn flush(&self, f: &mut LogFile, buf: &[u8], count: usize, max: u64, backups: u32) {
+    fn flush(&self, f: &mut LogFile, buf: &[u8], max: u64, backups: u32) {
         if buf.is_empty() {
             return;
         }
         match f.append(buf, max, backups) {
-            Ok(()) => f.lines_written += count.saturating_sub(1),
+            Ok(()) => {}
             Err(_) => {
                 self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
             }
@@ -581,7 +580,14 @@ impl ProgramOutput {
     fn follow(self: &Arc<Self>, paths: Vec<(Stream, PathBuf)>) {
         let mut handles = Vec::new();
         for (stream, path) in paths {
-            let task = tokio::spawn(follow_file(self.clone(), stream, path));
+            // From the end as it is now, before the program can write more.
+            let start = std::fs::metadata(&path).map_or(0, |m| m.len());
+            for f in self.lock().files.iter_mut().flatten() {
+                if f.path == path {
+                    f.older_end.get_or_insert(start);
+                }
+            }
+            let task = tokio::spawn(follow_file(self.clone(), stream, path, start));
             handles.push(task.abort_handle());
         }
         let old = std::mem::replace(&mut self.lock().followers, handles);
@@ -631,9 +637,11 @@ impl ProgramOutput {
             if only.is_some_and(|s| s != stream) && inner.files[1].is_some() {
                 continue;
             }
-            let lines = tail_lines(&f.path, missing + f.lines_written);
-            let keep = lines.len().saturating_sub(f.lines_written);
-            for line in lines.into_iter().take(keep) {
+            // Only what came before the ring began: the rest it holds.
+            let end = f
+                .older_end
+                .unwrap_or_else(|| std::fs::metadata(&f.path).map_or(0, |m| m.len()));
+            for line in tail_lines(&f.path, missing, end) {
                 older.push(LogLine {
                     name: self.name.clone(),
                     stream,
@@ -650,22 +658,22 @@ impl ProgramOutput {
     }
 }
 
-/// The last `n` lines of the file at `path` (reads at most 4 MiB from its
-/// end).
-fn tail_lines(path: &Path, n: usize) -> Vec<Vec<u8>> {
-    if n == 0 {
+/// The last `n` lines of the file at `path` before offset `end` (reads at
+/// most 4 MiB before it).
+fn tail_lines(path: &Path, n: usize, end: u64) -> Vec<Vec<u8>> {
+    if n == 0 || end == 0 {
         return Vec::new();
     }
     let Ok(mut file) = File::open(path) else {
         return Vec::new();
     };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0).min(end);
     let start = len.saturating_sub(4 * 1024 * 1024);
     if file.seek(SeekFrom::Start(start)).is_err() {
         return Vec::new();
     }
     let mut buf = Vec::new();
-    if file.read_to_end(&mut buf).is_err() {
+    if (&mut file).take(len - start).read_to_end(&mut buf).is_err() {
         return Vec::new();
     }
     if buf.last() == Some(&b'\n') {
@@ -750,7 +758,7 @@ fn copy_truncate(path: &Path, backups: u32) -> io::Result<()> {
 /// (`IN_MODIFY`; no polling), reads what was appended since, and hands the
 /// lines to the ring and followers (not to the file again). Rotates the
 /// file by copy and truncate once it passes `log_max_bytes`.
-async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf) {
+async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, start: u64) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     use std::os::unix::fs::FileExt;
     let setup = (|| -> io::Result<(tokio::io::unix::AsyncFd<OwnedFd>, File)> {
@@ -774,7 +782,7 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf) {
             return;
         }
     };
-    let mut offset = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut offset = start;
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut events = [0u8; 4096];
@@ -793,9 +801,15 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf) {
         drop(guard);
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
-            // Truncated (by us, or by logrotate's copytruncate).
+            // Truncated (by logrotate's copytruncate, say).
             offset = 0;
             partial.clear();
+            let mut inner = out.lock();
+            for f in inner.files.iter_mut().flatten() {
+                if f.path == path {
+                    f.older_end = Some(0);
+                }
+            }
         }
         while offset < len {
             let n = match file.read_at(&mut buf, offset) {
@@ -829,6 +843,12 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf) {
             } else {
                 offset = 0;
                 partial.clear();
+                let mut inner = out.lock();
+                for f in inner.files.iter_mut().flatten() {
+                    if f.path == path {
+                        f.older_end = Some(0);
+                    }
+                }
             }
         }
     }

@@ -425,6 +425,18 @@ fn a_daemon_false_program_writes_its_log_itself_and_survives_supd_being_killed()
         .expect("a line followed after adoption");
     let v: Value = serde_json::from_str(&line).unwrap();
     assert!(v["line"].as_str().unwrap().starts_with("tick-"), "{line}");
+    // `logs -n` joins the file's older lines and the followed ones without
+    // repeating any.
+    let (_, out, _) = supd.ctl_text(&["--json", "logs", "ticker", "-n", "20", "--stdout"]);
+    let ticks: Vec<u64> = out
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["line"].as_str()?.strip_prefix("tick-")?.parse().ok()
+        })
+        .collect();
+    assert_eq!(ticks.len(), 20, "{out}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
 }
 
 #[test]
