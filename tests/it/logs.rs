@@ -257,11 +257,18 @@ fn reopen_logs_starts_a_new_file_after_the_old_one_was_moved_away() {
 
 #[test]
 fn a_program_flooding_output_does_not_slow_status() {
-    let supd = Supd::start(&program(
-        "flood",
-        &["yes"],
-        &format!("{PIPED}\nlog_max_bytes = \"2MiB\"\nlog_backups = 1"),
-    ));
+    // One piped, one writing its own file that supd follows.
+    let supd = Supd::start(
+        &(program(
+            "flood",
+            &["yes"],
+            &format!("{PIPED}\nlog_max_bytes = \"2MiB\"\nlog_backups = 1"),
+        ) + &program(
+            "own",
+            &["yes"],
+            "start_secs = \"0s\"\nrestart = \"never\"\nlog_max_bytes = \"2MiB\"\nlog_backups = 1",
+        )),
+    );
     poll("the flood in the log", DEADLINE, || {
         (std::fs::metadata(supd.log_dir().join("flood.out.log")).map_or(0, |m| m.len()) > 100_000)
             .then_some(())
@@ -278,6 +285,12 @@ fn a_program_flooding_output_does_not_slow_status() {
         "a status took {slowest:?}"
     );
     assert_eq!(supd.status("flood").state.as_str(), "running");
+    assert_eq!(supd.status("own").state.as_str(), "running");
+    let (_, out, _) = supd.ctl_text(&["logs", "own", "-n", "3", "--stdout"]);
+    assert!(
+        out.lines().any(|l| l == "y"),
+        "the followed flood is seen: {out:?}"
+    );
 }
 
 /// A tmpfs mounted for a test, unmounted (lazily) on drop.

@@ -319,3 +319,36 @@ fn stopping_a_queued_run_drops_it_before_it_runs() {
     supd.ctl_text(&["stop", "busy"]);
     wait_child(&mut first.0, "the running supctl run", DEADLINE);
 }
+
+#[test]
+fn a_reload_that_grows_a_run_pool_starts_queued_runs() {
+    let supd = Supd::start("[pool.p]\nsize = 1\n");
+    let _a = KillOnDrop(supd.ctl_spawn(
+        &["run", "--pool", "p", "--name", "a", "--", "sleep", "300"],
+        Stdio::null(),
+    ));
+    wait_listed(&supd, "a", "running");
+    let _b = KillOnDrop(supd.ctl_spawn(
+        &["run", "--pool", "p", "--name", "b", "--", "sleep", "300"],
+        Stdio::null(),
+    ));
+    wait_listed(&supd, "b", "queued");
+    std::fs::write(&supd.config, "[pool.p]\nsize = 2\n").expect("new config");
+    let (code, _, err) = supd.ctl_text(&["reload"]);
+    assert_eq!(code, 0, "{err}");
+    wait_listed(&supd, "b", "running");
+}
+
+#[test]
+fn a_reload_leaves_runs_alone() {
+    let supd = Supd::start("");
+    let mut child =
+        KillOnDrop(supd.ctl_spawn(&["--json", "run", "--", "sleep", "300"], Stdio::null()));
+    let lines = stdout_lines(&mut child.0);
+    let pid = run_pid(&lines);
+    let (code, out, err) = supd.ctl_text(&["--json", "reload"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+    assert!(alive(pid), "the run was not stopped by the reload");
+}
