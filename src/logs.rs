@@ -304,6 +304,7 @@ impl ProgramOutput {
             ))
         };
         inner.files = match (cfg.mode, cfg.redirect_stderr) {
+            _ if !cfg.files => [None, None],
             (OutputMode::Log, false) => [file(".out.log"), file(".err.log")],
             (OutputMode::Log, true) => [file(".log"), None],
             _ => [None, None],

@@ -84,6 +84,10 @@ pub struct OutputConfig {
     /// `log_timestamps` (default false): each line in the file starts with
     /// an RFC 3339 time.
     pub timestamps: bool,
+    /// Whether log files are written at all (not a key: false for
+    /// `supctl run`, whose output goes back to its caller, and to the ring,
+    /// but leaves no file behind).
+    pub files: bool,
 }
 
 impl Default for OutputConfig {
@@ -94,6 +98,7 @@ impl Default for OutputConfig {
             max_bytes: 10 * 1024 * 1024,
             backups: 5,
             timestamps: false,
+            files: true,
         }
     }
 }

@@ -89,6 +89,7 @@ impl Supervisor {
         cfg.start_retries = Retries::Limited(0);
         cfg.stop_timeout = RUN_STOP_TIMEOUT;
         cfg.daemon = true;
+        cfg.output.files = false;
         let mut p = Program::new(cfg, &name, None);
         p.transient = true;
         p.run_pool = spec.pool.clone();

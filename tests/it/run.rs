@@ -67,6 +67,11 @@ fn run_streams_stdout_and_stderr_to_its_own() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "out-hi\ntail");
     assert_eq!(err, "err\n");
+    // A run's output goes back to its caller only: no log file is left.
+    let files: Vec<_> = std::fs::read_dir(supd.log_dir())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{files:?}");
 }
 
 #[test]
