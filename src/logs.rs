@@ -23,6 +23,19 @@
 //! so writing resumes by itself once space returns. The program is never
 //! made to wait for the disk.
 //!
+//! Programs that write their own file. A `daemon = false` program must
+//! survive supd's death, so its stdout is not a pipe (whose only reader
+//! would die with supd and leave it to SIGPIPE) but its log file itself,
+//! opened for appending ([`ProgramOutput::files_for_child`]). supd follows
+//! that file with inotify (`follow_file`, no polling) to feed the ring and
+//! followers, follows it again after adopting the program, and rotates it
+//! by copy and truncate. No timestamps or drop counting there: the file
+//! holds what the program wrote, between run markers.
+//!
+//! A disk that hangs (rather than fails) would still stall the daemon's
+//! thread inside `write`; moving appends to a blocking thread is the next
+//! step if that matters.
+//!
 //! Bounds. A line is cut into chunks of at most [`MAX_LINE_BYTES`]; the ring
 //! keeps the last [`RING_LINES`] lines or [`RING_BYTES`] bytes, whichever is
 //! smaller; a follower that falls [`FOLLOW_QUEUE`] lines behind is told
