@@ -44,6 +44,21 @@ impl Supervisor {
                 "supd is shutting down; nothing was reloaded",
             ));
         }
+        let taken: Vec<&str> = new
+            .programs
+            .keys()
+            .filter(|n| self.programs.get(*n).is_some_and(|p| p.transient))
+            .map(String::as_str)
+            .collect();
+        if !taken.is_empty() {
+            return Err(RpcError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}: the name of a supctl run that has not ended; nothing was reloaded (try again once it has)",
+                    taken.join(", ")
+                ),
+            ));
+        }
         let old = self.definitions();
         let mut result = ReloadResult::default();
         let mut pending = Vec::new();

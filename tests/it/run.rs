@@ -357,3 +357,23 @@ fn a_reload_leaves_runs_alone() {
     assert_eq!(v["removed"], serde_json::json!([]), "{v}");
     assert!(alive(pid), "the run was not stopped by the reload");
 }
+
+#[test]
+fn a_reload_that_would_take_the_name_of_a_live_run_changes_nothing() {
+    let supd = Supd::start("");
+    let _run = KillOnDrop(supd.ctl_spawn(
+        &["run", "--name", "job", "--", "sleep", "300"],
+        Stdio::null(),
+    ));
+    wait_listed(&supd, "job", "running");
+    let pid = supd.status("job").pid.unwrap();
+    std::fs::write(
+        &supd.config,
+        "[program.job]\ncommand = [\"sleep\", \"100\"]\n",
+    )
+    .expect("new config");
+    let (code, _, err) = supd.ctl_text(&["reload"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("job"), "{err}");
+    assert_eq!(supd.status("job").pid, Some(pid), "the run is untouched");
+}
