@@ -800,19 +800,23 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
     let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut events = [0u8; 4096];
+    // The first pass reads what was written between `start` and the watch.
+    let mut first = true;
     loop {
-        let Ok(mut guard) = ino.readable().await else {
-            return;
-        };
-        // Empty the event queue; the events only say "more to read".
-        loop {
-            match nix::unistd::read(ino.get_ref(), &mut events) {
-                Ok(n) if n > 0 => {}
-                _ => break,
+        if !first {
+            let Ok(mut guard) = ino.readable().await else {
+                return;
+            };
+            // Empty the event queue; the events only say "more to read".
+            loop {
+                match nix::unistd::read(ino.get_ref(), &mut events) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
             }
+            guard.clear_ready();
         }
-        guard.clear_ready();
-        drop(guard);
+        first = false;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
             // Truncated (by logrotate's copytruncate, say).
