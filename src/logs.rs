@@ -135,6 +135,10 @@ struct LogFile {
     /// follower) end: lines past it are in the ring too. `None` until the
     /// file is first opened or followed.
     older_end: Option<u64>,
+    /// For a file the program writes itself: its inode and how far supd
+    /// has read it, so the next run's follower picks up where the last
+    /// one stopped.
+    followed_to: Option<(u64, u64)>,
 }
 
 impl LogFile {
@@ -144,6 +148,7 @@ impl LogFile {
             file: None,
             size: 0,
             older_end: None,
+            followed_to: None,
         }
     }
 
@@ -594,10 +599,19 @@ impl ProgramOutput {
     fn follow(self: &Arc<Self>, paths: Vec<(Stream, PathBuf)>) {
         let mut handles = Vec::new();
         for (stream, path) in paths {
-            // From the end as it is now, before the program can write more.
-            let start = std::fs::metadata(&path).map_or(0, |m| m.len());
+            // From where the last follower of this same file stopped (it
+            // may not have read the end of the last run yet), else from the
+            // end as it is now, before the program can write more.
+            use std::os::unix::fs::MetadataExt;
+            let (ino, len) = std::fs::metadata(&path).map_or((0, 0), |m| (m.ino(), m.len()));
+            let mut start = len;
             for f in self.lock().files.iter_mut().flatten() {
                 if f.path == path {
+                    if let Some((i, at)) = f.followed_to {
+                        if i == ino && at <= len {
+                            start = at;
+                        }
+                    }
                     f.older_end.get_or_insert(start);
                 }
             }
@@ -835,6 +849,15 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
                 Ok(n) => n,
             };
             offset += n as u64;
+            {
+                use std::os::unix::fs::MetadataExt;
+                let ino = file.metadata().map_or(0, |m| m.ino());
+                for f in out.lock().files.iter_mut().flatten() {
+                    if f.path == path {
+                        f.followed_to = Some((ino, offset));
+                    }
+                }
+            }
             let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
             for &b in &buf[..n] {
                 if b == b'\n' {
