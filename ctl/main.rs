@@ -207,6 +207,78 @@ enum Verb {
                       supctl --json reload | jq .changed"
     )]
     Reload,
+    /// Print a program's recent output; -f follows it live.
+    #[command(
+        long_about = "Print the last LINES lines a program wrote (from supd's memory, then from its \
+                      log file), stdout and stderr interleaved as they came. With -f, keep \
+                      printing new lines as they come, across restarts of the program, until \
+                      interrupted. stderr lines go to stderr (unless --json). With --json, one \
+                      object a line: name, stream, line, time.",
+        after_help = "Examples:\n  \
+                      supctl logs web\n  \
+                      supctl logs web -n 100 --stderr\n  \
+                      supctl logs -f web\n  \
+                      supctl --json logs web | jq -r .line"
+    )]
+    Logs {
+        /// The program.
+        name: String,
+        /// How many recent lines.
+        #[arg(long, short = 'n', value_name = "LINES", default_value_t = 10)]
+        lines: usize,
+        /// Follow: print new lines as they come.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only stderr.
+        #[arg(long, conflicts_with = "stdout")]
+        stderr: bool,
+        /// Only stdout.
+        #[arg(long)]
+        stdout: bool,
+    },
+    /// Reopen every log file (after an external logrotate moved them).
+    #[command(
+        long_about = "Close every program's log file; each is opened again (created anew if it \
+                      was moved away) at its next line. SIGUSR1 to supd does the same.",
+        after_help = "Examples:\n  mv /var/log/supd/web.out.log /archive/ && supctl reopen-logs"
+    )]
+    ReopenLogs,
+    /// Run a one-shot command under supd; stream its output; exit with its status.
+    #[command(
+        long_about = "Run CMD as a transient program under supd, like subprocess.run: it shows in \
+                      status while it runs and is forgotten after. Its stdout and stderr stream \
+                      back to supctl's stdout and stderr; supctl's stdin is forwarded to it. \
+                      supctl exits as `wait` does: the exit code, 128+N after signal N, 124 when \
+                      --timeout passed (the program was stopped: stop signal, then SIGKILL 2 s \
+                      later). Interrupting supctl (Ctrl-C) or losing the connection stops the \
+                      program. With --pool, it waits in that [pool.NAME]'s queue (state queued) \
+                      while the pool is full.",
+        after_help = "Examples:\n  \
+                      supctl run -- make -j8\n  \
+                      echo data | supctl run -- wc -l\n  \
+                      supctl run --timeout 60 --name backup --env LEVEL=9 --cwd /srv -- ./backup.sh\n  \
+                      supctl run --pool encoders -- ffmpeg -i in.mkv out.mp4"
+    )]
+    Run {
+        /// Stop it after SECS seconds and exit 124.
+        #[arg(long, short = 't', value_name = "SECS", value_parser = parse_secs)]
+        timeout: Option<f64>,
+        /// Its name in status (default: run-N).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// A variable for it (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "K=V")]
+        env: Vec<String>,
+        /// Its working folder (default: supctl's own).
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<PathBuf>,
+        /// Queue it in this [pool.NAME].
+        #[arg(long, value_name = "POOL")]
+        pool: Option<String>,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
     /// Forget programs that are not running.
     #[command(
         long_about = "Forget programs that have no process (stop them first). A running program \
@@ -298,6 +370,9 @@ fn verb_name(verb: &Verb) -> &'static str {
         Verb::Remove { .. } => "remove",
         Verb::Scale { .. } => "scale",
         Verb::Events => "events",
+        Verb::Logs { .. } => "logs",
+        Verb::ReopenLogs => "reopen-logs",
+        Verb::Run { .. } => "run",
         Verb::Reload => "reload",
         Verb::Shutdown => "shutdown",
         Verb::Version => "version",
@@ -342,6 +417,60 @@ fn run(cli: &Cli, socket: &std::path::Path) -> Result<u8, Failure> {
             json_out,
         ),
         Verb::Events => events(&mut client, json_out),
+        Verb::Logs {
+            name,
+            lines,
+            follow,
+            stderr,
+            stdout,
+        } => {
+            let stream = match (stderr, stdout) {
+                (true, _) => "stderr",
+                (_, true) => "stdout",
+                _ => "both",
+            };
+            logs(&mut client, name, *lines, *follow, stream, json_out)
+        }
+        Verb::ReopenLogs => {
+            let v = client.call("reopen_logs", json!({}))?;
+            if json_out {
+                print_json(&v);
+            } else {
+                out(&format!(
+                    "reopened the log files of {} programs",
+                    v["reopened"].as_u64().unwrap_or(0)
+                ));
+            }
+            Ok(0)
+        }
+        Verb::Run {
+            timeout,
+            name,
+            env,
+            cwd,
+            pool,
+            command,
+        } => {
+            let mut vars = serde_json::Map::new();
+            for kv in env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(Failure::Message(format!("--env {kv:?}: give K=V"), 2));
+                };
+                vars.insert(k.to_string(), json!(v));
+            }
+            let cwd =
+                match cwd {
+                    Some(dir) => Some(std::path::absolute(dir).map_err(|e| {
+                        Failure::Message(format!("--cwd {}: {e}", dir.display()), 2)
+                    })?),
+                    None => std::env::current_dir().ok(),
+                };
+            let params = json!({
+                "command": command, "name": name, "env": vars, "cwd": cwd,
+                "pool": pool, "timeout": timeout,
+            });
+            run_command(client, params, json_out)
+        }
         Verb::Reload => reload(&mut client, json_out),
         Verb::Shutdown => {
             client.call("shutdown", json!({}))?;
@@ -507,7 +636,7 @@ fn state_colour(state: State) -> Option<&'static str> {
     match state {
         State::Running => Some("32"),
         State::Fatal => Some("31"),
-        State::Starting | State::Backoff | State::Stopping => Some("33"),
+        State::Starting | State::Backoff | State::Stopping | State::Queued => Some("33"),
         State::Stopped | State::Exited => None,
     }
 }
@@ -721,6 +850,149 @@ fn events(client: &mut Client, json_out: bool) -> Result<u8, Failure> {
         }
     }
     Ok(0)
+}
+
+fn logs(
+    client: &mut Client,
+    name: &str,
+    lines: usize,
+    follow: bool,
+    stream: &str,
+    json_out: bool,
+) -> Result<u8, Failure> {
+    let show = |v: &Value| -> bool {
+        if json_out {
+            return out_line(&v.to_string());
+        }
+        let text = v["line"].as_str().unwrap_or_default();
+        if v["stream"] == "stderr" {
+            let mut err = io::stderr().lock();
+            writeln!(err, "{text}").is_ok()
+        } else {
+            out_line(text)
+        }
+    };
+    let answer = client.call(
+        "logs",
+        json!({ "name": name, "lines": lines, "follow": follow, "stream": stream }),
+    )?;
+    for line in answer["lines"].as_array().into_iter().flatten() {
+        if !show(line) {
+            return Ok(0);
+        }
+    }
+    if !follow {
+        return Ok(0);
+    }
+    while let Some(n) = client.next_notification()? {
+        match n.method.as_str() {
+            "log" if !show(&n.params) => break,
+            "log.missed" => {
+                let missed = n.params["missed"].as_u64().unwrap_or(0);
+                let _ = writeln!(
+                    io::stderr(),
+                    "supctl logs: fell behind; {missed} lines were skipped"
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(0)
+}
+
+/// `run`: sends the request, forwards stdin from a thread, prints the
+/// program's output as it comes and exits with its status.
+fn run_command(mut client: Client, params: Value, json_out: bool) -> Result<u8, Failure> {
+    use std::io::Read;
+    let answer = client.call("run", params)?;
+    if json_out {
+        out_line(&answer.to_string());
+    }
+    let mut writer = client.try_clone_writer()?;
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                let data = String::from_utf8_lossy(&pending).into_owned();
+                let _ = sup::client::send_notification(
+                    &mut writer,
+                    "stdin",
+                    json!({ "data": data, "eof": true }),
+                );
+                return;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            // Send whole UTF-8 characters; keep a cut one for the next read.
+            let valid = match std::str::from_utf8(&pending) {
+                Ok(_) => pending.len(),
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(_) => pending.len(),
+            };
+            let rest = pending.split_off(valid);
+            let data = String::from_utf8_lossy(&pending).into_owned();
+            pending = rest;
+            if sup::client::send_notification(
+                &mut writer,
+                "stdin",
+                json!({ "data": data, "eof": false }),
+            )
+            .is_err()
+            {
+                return;
+            }
+        }
+    });
+    while let Some(n) = client.next_notification()? {
+        match n.method.as_str() {
+            "output" => {
+                if json_out {
+                    out_line(&n.params.to_string());
+                    continue;
+                }
+                let data = n.params["data"].as_str().unwrap_or_default();
+                if n.params["stream"] == "stderr" {
+                    let mut err = io::stderr().lock();
+                    let _ = err.write_all(data.as_bytes()).and_then(|()| err.flush());
+                } else {
+                    let mut so = io::stdout().lock();
+                    let _ = so.write_all(data.as_bytes()).and_then(|()| so.flush());
+                }
+            }
+            "output.missed" => {
+                let missed = n.params["missed"].as_u64().unwrap_or(0);
+                let _ = writeln!(
+                    io::stderr(),
+                    "supctl run: fell behind; {missed} lines of output were skipped"
+                );
+            }
+            "run.exited" | "run.timeout" => {
+                let result: sup::protocol::WaitResult = decode(n.params)?;
+                if json_out {
+                    out_line(&serde_json::to_string(&result).unwrap_or_default());
+                }
+                if n.method == "run.timeout" {
+                    return Err(Failure::Message(
+                        format!("{}: timed out; it was stopped", result.name),
+                        124,
+                    ));
+                }
+                return Ok(result.shell_status().clamp(0, 255) as u8);
+            }
+            "run.error" => {
+                let message = n.params["message"].as_str().unwrap_or("supd went away");
+                return Err(Failure::Message(message.to_string(), 1));
+            }
+            _ => {}
+        }
+    }
+    Err(ClientError::Closed.into())
 }
 
 /// Prints a line and flushes it; `false` once stdout is gone (a closed pipe).

@@ -24,6 +24,23 @@ pub fn default_socket_path() -> PathBuf {
     }
 }
 
+/// Sends a JSON-RPC notification (no answer comes) on `writer`: how
+/// `supctl run` forwards its stdin (`stdin` with `data` and `eof`).
+///
+/// # Errors
+/// I/O errors.
+pub fn send_notification(
+    writer: &mut impl Write,
+    method: &str,
+    params: impl Serialize,
+) -> Result<(), ClientError> {
+    let n = serde_json::json!({ "jsonrpc": "2.0", "method": method, "params": params });
+    let mut line = serde_json::to_vec(&n).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    writer.write_all(&line)?;
+    Ok(())
+}
+
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -182,6 +199,15 @@ impl Client {
         serde_json::from_slice(&line)
             .map(Some)
             .map_err(|e| ClientError::Protocol(format!("expected a notification: {e}")))
+    }
+
+    /// Another handle on the connection's writing side, for a thread that
+    /// sends notifications (`run` forwarding stdin) while this one reads.
+    ///
+    /// # Errors
+    /// The errno of `dup`.
+    pub fn try_clone_writer(&self) -> Result<UnixStream, ClientError> {
+        Ok(self.writer.try_clone()?)
     }
 
     /// Blocks until the daemon closes the connection (used by `shutdown`).

@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook_tokio::Signals;
 
 use crate::client::default_socket_path;
@@ -81,9 +81,11 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
 
 async fn serve(opts: Options) -> Result<(), DaemonError> {
     let mut signals =
-        Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP]).map_err(|source| DaemonError::Setup {
-            what: "registering signal handlers",
-            source,
+        Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(|source| {
+            DaemonError::Setup {
+                what: "registering signal handlers",
+                source,
+            }
         })?;
     let path = socket_path(&opts);
     let socket = ControlSocket::bind(&path)?;
@@ -101,7 +103,8 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
 
     let state_dir = crate::state::state_dir(opts.config.supd.state_dir.as_deref(), &path);
     let state_path = state_dir.join(crate::state::FILE_NAME);
-    let (mut supervisor, handle) = Supervisor::new(&opts.config, Some(state_path));
+    let log_dir = crate::logs::log_dir(opts.config.supd.log_dir.as_deref(), &state_dir);
+    let (mut supervisor, handle) = Supervisor::new(&opts.config, Some(state_path), log_dir);
     let sentinel = match crate::sentinel::start(supervisor.marker()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -129,6 +132,11 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
                             tracing::error!(error = %e, "reload refused; nothing changed");
                         }
                     });
+                }
+                SIGUSR1 => {
+                    tracing::info!("SIGUSR1: reopening the log files");
+                    let handle = signal_handle.clone();
+                    tokio::spawn(async move { handle.reopen_logs().await });
                 }
                 _ => {}
             }

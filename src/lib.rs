@@ -11,6 +11,10 @@
 //!   ([`protocol`]) into a call on the supervisor's [`supervisor::Handle`].
 //! - [`daemon`] wires config, socket, signals and supervisor together;
 //!   [`notify`] tells systemd about it (readiness, status, watchdog).
+//! - [`logs`] keeps programs' output: one task per pipe drains it into log
+//!   files (rotated by size), a ring and a broadcast channel for `logs -f`
+//!   and `run`; a `daemon = false` program writes its own file, which
+//!   [`logs`] follows with inotify.
 //! - [`client`] is the blocking client `supctl` and the tests use.
 //! - [`config`] turns TOML into a validated [`config::Config`].
 //! - [`observability`] sends supd's own logs to journald or stderr;
@@ -20,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod logs;
 pub mod notify;
 pub mod observability;
 pub mod procfs;

@@ -218,6 +218,7 @@ mod tests {
             next_retry_secs: None,
             waiting_for: Vec::new(),
             adopted: false,
+            log_dropped_bytes: 0,
         }
     }
 

@@ -32,13 +32,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
+use crate::logs::{OutputEvent, Stream};
 use crate::protocol::framing::{Frame, FrameReader, write_message};
 use crate::protocol::{
     ErrorKind, Event, MAX_LINE, NamesParams, Notification, PROTOCOL_VERSION, ProgramsResult,
     Response, RpcError, ScaleParams, SignalParams, StatusResult, VersionResult, WaitParams,
 };
 use crate::signals::parse_signal_value;
-use crate::supervisor::{Handle, WaitTicket};
+use crate::supervisor::{Handle, RunSpec, RunStarted, WaitTicket};
 
 /// Connections served at once; more are answered with an error and closed.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -259,6 +260,17 @@ enum Follow {
         ticket: WaitTicket,
         timeout: Option<Duration>,
     },
+    /// `logs` with `follow`: a `log` notification per new line.
+    Logs {
+        rx: broadcast::Receiver<OutputEvent>,
+        only: Option<Stream>,
+    },
+    /// `run`: `output` notifications, then `run.exited` (or `run.timeout`);
+    /// `stdin` notifications from the client go to the program.
+    Run {
+        started: RunStarted,
+        timeout: Option<Duration>,
+    },
 }
 
 /// What `dispatch` produced: the result as JSON text.
@@ -409,6 +421,15 @@ async fn connection(
                 None => return Ok(()),
                 Some(result) => result?,
             },
+            Follow::Logs { rx, only } => {
+                return input
+                    .run_while(stream_logs(rx, only, &mut writer))
+                    .await
+                    .unwrap_or(Ok(()));
+            }
+            Follow::Run { started, timeout } => {
+                return serve_run(started, timeout, &mut input, &mut writer, &handle).await;
+            }
         }
     }
 }
@@ -491,6 +512,182 @@ async fn finish_wait(
     }
 }
 
+/// Sends each new line as a `log` notification, until the client hangs
+/// up or supd exits. A follower that falls behind is told how many lines
+/// it missed (`log.missed`) and goes on.
+async fn stream_logs(
+    mut rx: broadcast::Receiver<OutputEvent>,
+    only: Option<Stream>,
+    writer: &mut OwnedWriteHalf,
+) -> io::Result<()> {
+    loop {
+        match rx.recv().await {
+            Ok(OutputEvent::Line(line)) => {
+                if only.is_none_or(|s| s == line.stream) {
+                    notify(writer, "log", &line).await?;
+                }
+            }
+            Ok(OutputEvent::Ended { .. }) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                notify(writer, "log.missed", json!({ "missed": missed })).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+/// Stops a run whose client is gone or whose time is up, without waiting.
+fn stop_run(handle: &Handle, name: &str) {
+    let handle = handle.clone();
+    let select = NamesParams {
+        names: vec![name.to_string()],
+        all: false,
+    };
+    tokio::spawn(async move {
+        let _ = handle.stop(select, false).await;
+    });
+}
+
+/// How many `stdin` chunks wait for the program to read them before
+/// supd stops reading the client (the client then waits, not supd).
+const STDIN_QUEUE: usize = 16;
+
+/// Streams a run: its output as `output` notifications, the client's
+/// `stdin` notifications into its stdin, and at the end `run.exited` (or
+/// `run.timeout` after stopping it) with how it ended. A client that hangs
+/// up (POLLHUP, or a failed write) gets its run stopped; one that only
+/// shuts down its writing side has closed the program's stdin.
+async fn serve_run(
+    started: RunStarted,
+    timeout: Option<Duration>,
+    input: &mut ReadAhead,
+    writer: &mut OwnedWriteHalf,
+    handle: &Handle,
+) -> io::Result<()> {
+    let RunStarted {
+        name,
+        pid,
+        output: mut rx,
+        exit: mut exit_rx,
+        stdin,
+        mut guard,
+    } = started;
+    let mut stdin_tx = stdin.and_then(|fd| {
+        let (tx, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
+        let mut pipe = tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok()?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = chunks.recv().await {
+                if pipe.write_all(&chunk).await.is_err() {
+                    // The program closed its stdin: the rest is discarded.
+                    while chunks.recv().await.is_some() {}
+                    return;
+                }
+            }
+        });
+        Some(tx)
+    });
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
+    let mut ended = false;
+    let mut result = None;
+    let outcome: io::Result<()> = async {
+        while !(ended && result.is_some()) {
+            if input.eof && input.queued.is_empty() {
+                // The client shut down its writing side (possibly while the
+                // answer was on its way): that is the end of stdin.
+                stdin_tx = None;
+            }
+            tokio::select! {
+                ev = rx.recv(), if !ended => match ev {
+                    Ok(OutputEvent::Line(line)) => {
+                        let mut data = line.line;
+                        if line.newline {
+                            data.push('\n');
+                        }
+                        notify(writer, "output", json!({ "stream": line.stream, "data": data })).await?;
+                    }
+                    Ok(OutputEvent::Ended { pid: p }) => ended = p == pid,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        notify(writer, "output.missed", json!({ "missed": missed })).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => ended = true,
+                },
+                r = &mut exit_rx, if result.is_none() => match r {
+                    Ok(r) => result = Some(r),
+                    Err(_) => {
+                        let error = RpcError::new(
+                            ErrorKind::ShuttingDown,
+                            format!("{name}: supd went away before the run ended"),
+                        );
+                        return notify(writer, "run.error", &error).await;
+                    }
+                },
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                }, if !timed_out && result.is_none() => {
+                    timed_out = true;
+                    stop_run(handle, &name);
+                }
+                frame = input.next(), if !input.eof || !input.queued.is_empty() => match frame {
+                    Ok(Some(Frame::Line(line))) => {
+                        if let Some((data, eof)) = stdin_message(&line) {
+                            if let Some(tx) = &stdin_tx {
+                                if !data.is_empty() {
+                                    let _ = tx.send(data).await;
+                                }
+                            }
+                            if eof {
+                                stdin_tx = None;
+                            }
+                        }
+                    }
+                    Ok(Some(Frame::TooLong)) => {}
+                    Ok(None) => {
+                        stdin_tx = None;
+                        if hung_up(input.frames.get_ref().get_ref().as_ref()) {
+                            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "client hung up"));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        let method = if timed_out { "run.timeout" } else { "run.exited" };
+        notify(writer, method, result.as_ref()).await
+    }
+    .await;
+    if result.is_some() {
+        guard.disarm();
+    } else {
+        tracing::info!(program = %name, "the client of a run went away; stopping the run");
+    }
+    // Dropped armed, the guard stops the run.
+    drop(guard);
+    outcome
+}
+
+/// Reads a `stdin` notification: `{"method": "stdin", "params": {"data":
+/// TEXT, "eof": BOOL}}`. `None` for anything else (ignored).
+fn stdin_message(line: &[u8]) -> Option<(Vec<u8>, bool)> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    if v.get("method")?.as_str()? != "stdin" {
+        return None;
+    }
+    let params = v.get("params")?;
+    let data = params
+        .get("data")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .as_bytes()
+        .to_vec();
+    let eof = params.get("eof").and_then(Value::as_bool).unwrap_or(false);
+    Some((data, eof))
+}
+
 /// Answers one line: `None` for a notification (a request without `id`).
 async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
     let value: Value = match serde_json::from_slice(line) {
@@ -552,6 +749,36 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
         Ok(Reply::Stream(v, follow)) => (Response::ok(reply_id, v), follow),
         Err(e) => (Response::err(reply_id, e), Follow::Nothing),
     })
+}
+
+/// `logs` params.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsParams {
+    name: String,
+    #[serde(default)]
+    lines: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+/// `run` params.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunParams {
+    command: Vec<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    timeout: Option<f64>,
 }
 
 fn params<T: DeserializeOwned + Default>(
@@ -622,6 +849,57 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
                 },
             ))
         }
+        "logs" => {
+            let lp: LogsParams = required(method, p)?;
+            let only = match lp.stream.as_deref() {
+                None | Some("both") => None,
+                Some("stdout") => Some(Stream::Stdout),
+                Some("stderr") => Some(Stream::Stderr),
+                Some(other) => {
+                    return Err(RpcError::new(
+                        ErrorKind::InvalidParams,
+                        format!(
+                            "invalid params for logs: stream {other:?} must be \"stdout\", \"stderr\" or \"both\""
+                        ),
+                    ));
+                }
+            };
+            let out = handle.logs(lp.name).await?;
+            // Subscribe before reading the tail, so no line falls between.
+            let rx = lp.follow.then(|| out.subscribe());
+            let lines = out.tail(lp.lines.unwrap_or(10), only);
+            let answer = to_value(json!({ "lines": lines }))?;
+            Ok(match rx {
+                Some(rx) => Reply::Stream(answer, Follow::Logs { rx, only }),
+                None => Reply::Value(answer),
+            })
+        }
+        "run" => {
+            let rp: RunParams = required(method, p)?;
+            let timeout = match rp.timeout {
+                None => None,
+                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => {
+                    Some(Duration::from_secs_f64(t))
+                }
+                Some(t) => {
+                    return Err(RpcError::new(
+                        ErrorKind::InvalidParams,
+                        format!("invalid params for run: timeout {t} must be seconds from 0 up"),
+                    ));
+                }
+            };
+            let started = handle
+                .run(RunSpec {
+                    command: rp.command,
+                    name: rp.name,
+                    env: rp.env,
+                    cwd: rp.cwd,
+                    pool: rp.pool,
+                })
+                .await?;
+            let answer = to_value(json!({ "name": started.name, "pid": started.pid }))?;
+            Ok(Reply::Stream(answer, Follow::Run { started, timeout }))
+        }
         _ => dispatch_value(method, p, handle).await.map(Reply::Value),
     }
 }
@@ -669,6 +947,11 @@ async fn dispatch_value(
             let sp: ScaleParams = required(method, p)?;
             programs(handle.scale(sp.name, sp.instances).await?)
         }
+        "reopen_logs" => {
+            let _: NamesParams = params(method, p)?;
+            let n = handle.reopen_logs().await;
+            to_value(json!({ "reopened": n }))
+        }
         "shutdown" => {
             handle.shutdown();
             to_value(json!({ "shutting_down": true }))
@@ -676,7 +959,7 @@ async fn dispatch_value(
         other => Err(RpcError::new(
             ErrorKind::MethodNotFound,
             format!(
-                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, scale, events, reload, shutdown)"
+                "unknown method \"{other}\" (methods: version, status, start, stop, restart, kill, signal, wait, remove, scale, events, reload, logs, reopen_logs, run, shutdown)"
             ),
         )),
     }

@@ -53,6 +53,26 @@ pub struct Child {
     pub started: Instant,
 }
 
+/// supd's ends of a new process's pipes: read ends of its stdout and
+/// stderr (`None` when the output is discarded, or stderr is merged into
+/// stdout), and the write end of its stdin (only when asked for). All are
+/// close-on-exec, so no later child inherits them.
+#[derive(Debug, Default)]
+pub struct Pipes {
+    /// Read end of the program's stdout (and of its stderr, when merged).
+    pub stdout: Option<OwnedFd>,
+    /// Read end of the program's stderr.
+    pub stderr: Option<OwnedFd>,
+    /// Write end of the program's stdin.
+    pub stdin: Option<OwnedFd>,
+}
+
+/// A pipe whose both ends are close-on-exec in supd (std's dup2 onto
+/// 0, 1 or 2 in the child clears the flag on the child's copy).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
 /// Why a program could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -89,12 +109,24 @@ pub enum SpawnError {
 /// Forks and execs `cfg.command` with the hygiene described in this
 /// module's doc. `extra_env` is added after the config's `env`.
 ///
+/// Output: with `stdout = "null"` both streams go to `/dev/null`;
+/// otherwise each is a pipe whose read end is returned in [`Pipes`] (one
+/// pipe for both with `redirect_stderr`), unless `files` gives the log
+/// files the program writes itself (`daemon = false`: no pipe whose reader
+/// could die with supd). stdin is `/dev/null`, or a pipe when `stdin_pipe`
+/// (for `supctl run`).
+///
 /// Must be called on the daemon's main thread (see `PR_SET_PDEATHSIG`).
 ///
 /// # Errors
 /// [`SpawnError::Cwd`] when `cwd` is not a folder; [`SpawnError::Exec`]
 /// when fork or exec fails (the errno is kept).
-pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Child, SpawnError> {
+pub fn spawn(
+    cfg: &ProgramConfig,
+    extra_env: &[(String, String)],
+    stdin_pipe: bool,
+    files: Option<(std::fs::File, Option<std::fs::File>)>,
+) -> Result<(Child, Pipes), SpawnError> {
     if let Some(cwd) = &cfg.cwd {
         check_cwd(&cfg.name, cwd)?;
     }
@@ -120,7 +152,41 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     if let Some(cwd) = &cfg.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(Stdio::null());
+    let mut pipes = Pipes::default();
+    if stdin_pipe {
+        let (r, w) = cloexec_pipe().map_err(exec_err)?;
+        cmd.stdin(Stdio::from(r));
+        pipes.stdin = Some(w);
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    // Which of fds 1 and 2 get the run's start marker from the child itself
+    // (a program that writes its log file directly): written before exec,
+    // so it comes before anything the program prints.
+    let mut marker_fds: u8 = 0;
+    if let Some((out, err)) = files {
+        marker_fds = if err.is_some() { 0b11 } else { 0b01 };
+        let err = match err {
+            Some(err) => err,
+            None => out.try_clone().map_err(exec_err)?,
+        };
+        cmd.stdout(Stdio::from(out));
+        cmd.stderr(Stdio::from(err));
+    } else if cfg.output.mode == crate::config::OutputMode::Null {
+        cmd.stdout(Stdio::null());
+        cmd.stderr(Stdio::null());
+    } else {
+        let (r, w) = cloexec_pipe().map_err(exec_err)?;
+        if cfg.output.redirect_stderr {
+            cmd.stderr(Stdio::from(w.try_clone().map_err(exec_err)?));
+        } else {
+            let (er, ew) = cloexec_pipe().map_err(exec_err)?;
+            cmd.stderr(Stdio::from(ew));
+            pipes.stderr = Some(er);
+        }
+        cmd.stdout(Stdio::from(w));
+        pipes.stdout = Some(r);
+    }
 
     let creds = Creds::for_program(cfg)?;
     if let Some(user) = &cfg.user {
@@ -134,11 +200,16 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the hook runs in the forked child before exec and makes only
     // async-signal-safe calls (setsid, sigprocmask, rt_sigaction, setrlimit,
-    // umask, setgroups, setgid, setuid, prctl, getppid, raise, close_range);
+    // umask, setgroups, setgid, setuid, prctl, getppid, raise, close_range,
+    // getpid, write);
     // it allocates nothing (`creds` was built before the fork) and takes no
     // lock.
     unsafe {
-        cmd.pre_exec(move || child_setup(daemon, parent, &creds));
+        cmd.pre_exec(move || {
+            child_setup(daemon, parent, &creds)?;
+            write_start_marker(marker_fds);
+            Ok(())
+        });
     }
 
     let started = Instant::now();
@@ -149,11 +220,17 @@ pub fn spawn(cfg: &ProgramConfig, extra_env: &[(String, String)]) -> Result<Chil
     let pidfd = pidfd_open(pid).map_err(exec_err)?;
     // Dropping std's handle neither waits nor kills; the reaper owns the exit.
     drop(child);
-    Ok(Child {
-        pid,
-        pidfd,
-        started,
-    })
+    // The child's ends of the pipes close with `cmd`, so supd sees end of
+    // file once the program (and whatever inherited them) is gone.
+    drop(cmd);
+    Ok((
+        Child {
+            pid,
+            pidfd,
+            started,
+        },
+        pipes,
+    ))
 }
 
 fn check_cwd(program: &str, cwd: &Path) -> Result<(), SpawnError> {
@@ -328,6 +405,44 @@ fn child_setup(daemon: bool, parent: libc::pid_t, creds: &Creds) -> io::Result<(
         }
     }
     Ok(())
+}
+
+/// Writes `--- supd: started pid N ---` to fd 1 (bit 0 of `fds`) and fd 2
+/// (bit 1), in the child before exec. Async-signal-safe: the line is built
+/// in a stack buffer; only getpid and write are called.
+fn write_start_marker(fds: u8) {
+    if fds == 0 {
+        return;
+    }
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    let mut line = [0u8; 64];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        line[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    put(b"--- supd: started pid ");
+    for i in (0..n).rev() {
+        put(&digits[i..=i]);
+    }
+    put(b" ---\n");
+    for fd in [1, 2] {
+        if fds & (1 << (fd - 1)) != 0 {
+            // SAFETY: write(2) from a stack buffer of `len` valid bytes.
+            unsafe { libc::write(fd, line.as_ptr().cast(), len) };
+        }
+    }
 }
 
 /// For kernels without `CLOSE_RANGE_CLOEXEC`: set FD_CLOEXEC on each

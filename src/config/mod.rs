@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use crate::signals::Sig;
 
-pub use walk::parse_duration;
+pub(crate) use walk::valid_name as valid_program_name;
+pub use walk::{parse_duration, parse_size};
 
 /// The whole configuration of one `supd`.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,9 @@ pub struct Config {
     pub supd: SupdConfig,
     /// `[program.NAME]` tables, by name.
     pub programs: BTreeMap<String, ProgramConfig>,
+    /// `[pool.NAME]` tables: pools for one-shot runs (`supctl run --pool`),
+    /// by name, with their sizes.
+    pub run_pools: BTreeMap<String, u32>,
 }
 
 /// The `[supd]` table: settings of the daemon itself.
@@ -47,6 +51,56 @@ pub struct SupdConfig {
     /// `include`: glob patterns (relative to the config file's folder) of
     /// files whose `[program.NAME]` tables are merged in.
     pub include: Vec<String>,
+    /// `log_dir`: where programs' log files go. Default: `$LOGS_DIRECTORY`
+    /// (systemd's `LogsDirectory=`), else `logs` in the state folder.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Where a program's output goes (the `stdout` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// `"log"` (default): log files in `log_dir`, the ring, `logs -f`.
+    Log,
+    /// `"journal"`: journald, with the program's name as `SYSLOG_IDENTIFIER`
+    /// (and the ring and `logs -f` too).
+    Journal,
+    /// `"null"`: `/dev/null`; nothing is kept.
+    Null,
+}
+
+/// How a program's output is captured and kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputConfig {
+    /// `stdout` (default `"log"`): where stdout and stderr go.
+    pub mode: OutputMode,
+    /// `redirect_stderr` (default false): stderr goes where stdout goes
+    /// (one file, `NAME.log`).
+    pub redirect_stderr: bool,
+    /// `log_max_bytes` (default 10 MiB): a log file is rotated before it
+    /// would pass this size.
+    pub max_bytes: u64,
+    /// `log_backups` (default 5): rotated files kept (`NAME.out.log.1` ...).
+    pub backups: u32,
+    /// `log_timestamps` (default false): each line in the file starts with
+    /// an RFC 3339 time.
+    pub timestamps: bool,
+    /// Whether log files are written at all (not a key: false for
+    /// `supctl run`, whose output goes back to its caller, and to the ring,
+    /// but leaves no file behind).
+    pub files: bool,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            mode: OutputMode::Log,
+            redirect_stderr: false,
+            max_bytes: 10 * 1024 * 1024,
+            backups: 5,
+            timestamps: false,
+            files: true,
+        }
+    }
 }
 
 /// When a program is started again after its process ended (SPEC §6
@@ -140,6 +194,9 @@ pub struct ProgramConfig {
     pub limit_nofile: Option<Limit>,
     /// `limit_core`: RLIMIT_CORE in bytes, soft and hard (a number or `"infinity"`).
     pub limit_core: Option<Limit>,
+    /// `stdout`, `redirect_stderr`, `log_max_bytes`, `log_backups`,
+    /// `log_timestamps`: how its output is kept.
+    pub output: OutputConfig,
 }
 
 /// The user a program runs as, resolved when the config is read.
@@ -188,6 +245,7 @@ impl ProgramConfig {
             umask: None,
             limit_nofile: None,
             limit_core: None,
+            output: OutputConfig::default(),
         }
     }
 }

@@ -231,3 +231,86 @@ depends_on = ["a", "ghost"]
     let m = messages("[program.a]\ncommand = [\"x\"]\ninstances = 0\n");
     assert!(m[0].contains("\"instances\" must be from 1"), "{m:?}");
 }
+
+#[test]
+fn output_keys_log_dir_and_run_pools_are_read() {
+    let c = parse(
+        r#"
+[supd]
+log_dir = "logs"
+
+[program.web]
+command = ["web"]
+stdout = "journal"
+redirect_stderr = true
+log_max_bytes = "500KB"
+log_backups = 2
+log_timestamps = true
+
+[program.quiet]
+command = ["q"]
+stdout = "null"
+log_max_bytes = 4096
+
+[pool.encoders]
+size = 3
+"#,
+    )
+    .expect("valid");
+    assert_eq!(c.supd.log_dir, Some(PathBuf::from("/etc/sup/logs")));
+    let web = &c.programs["web"].output;
+    assert_eq!(web.mode, OutputMode::Journal);
+    assert!(web.redirect_stderr && web.timestamps);
+    assert_eq!((web.max_bytes, web.backups), (500_000, 2));
+    let quiet = &c.programs["quiet"].output;
+    assert_eq!((quiet.mode, quiet.max_bytes), (OutputMode::Null, 4096));
+    assert_eq!(c.run_pools["encoders"], 3);
+    let default = OutputConfig::default();
+    assert_eq!((default.max_bytes, default.backups), (10 * 1024 * 1024, 5));
+}
+
+#[test]
+fn bad_output_keys_and_pools_are_refused_with_their_place() {
+    let m = messages(
+        r#"[program.a]
+command = ["a"]
+stdout = "file"
+log_max_bytes = "ten"
+log_backups = -1
+
+[pool.p]
+sizee = 2
+
+[pool.q]
+size = 0
+"#,
+    );
+    assert_eq!(m.len(), 5, "{m:#?}");
+    assert!(
+        m[0].starts_with("/etc/sup/app.toml:3:10: \"stdout\" must be"),
+        "{}",
+        m[0]
+    );
+    assert!(
+        m[1].starts_with("/etc/sup/app.toml:4:17: invalid size"),
+        "{}",
+        m[1]
+    );
+    assert!(
+        m[2].starts_with("/etc/sup/app.toml:5:15: \"log_backups\""),
+        "{}",
+        m[2]
+    );
+    assert!(
+        m[3].contains("unknown key \"sizee\" in [pool.p]"),
+        "{}",
+        m[3]
+    );
+    assert!(
+        m[4].starts_with("/etc/sup/app.toml:11:8: \"size\" must be from 1"),
+        "{}",
+        m[4]
+    );
+    let m = messages("[pool.empty]\n");
+    assert!(m[0].contains("[pool.empty] has no \"size\""), "{}", m[0]);
+}

@@ -12,13 +12,15 @@ use toml::de::{DeTable, DeValue};
 use super::{Config, ConfigError, ConfigErrors, ProgramConfig, RestartPolicy, Retries, SupdConfig};
 use crate::signals::parse_signal;
 
-const TOP_KEYS: &[&str] = &["supd", "program"];
+const TOP_KEYS: &[&str] = &["supd", "program", "pool"];
+const POOL_KEYS: &[&str] = &["size"];
 const SUPD_KEYS: &[&str] = &[
     "socket",
     "shutdown_timeout",
     "allow_users",
     "state_dir",
     "include",
+    "log_dir",
 ];
 const PROGRAM_KEYS: &[&str] = &[
     "command",
@@ -43,7 +45,41 @@ const PROGRAM_KEYS: &[&str] = &[
     "umask",
     "limit_nofile",
     "limit_core",
+    "stdout",
+    "redirect_stderr",
+    "log_max_bytes",
+    "log_backups",
+    "log_timestamps",
 ];
+
+/// Parses a size: an integer of bytes, or a string with a unit: `"500KB"`,
+/// `"10MiB"`, `"1G"` (K/M/G are powers of 1000 with `B`, of 1024 with `iB`
+/// or alone).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!(
+            "invalid size {text:?}: use bytes, or a number with a unit such as \"500KB\" or \"10MiB\""
+        )
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "K" | "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "M" | "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "G" | "GiB" => 1024 * 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
 
 /// Parses a duration with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`,
 /// `"1m 30s"`. A bare number is refused (which unit would it be?).
@@ -250,6 +286,7 @@ impl Walker<'_> {
 struct Gathered {
     supd: SupdConfig,
     programs: BTreeMap<String, ProgramConfig>,
+    run_pools: BTreeMap<String, u32>,
     /// Where each program is defined (message left empty).
     places: BTreeMap<String, ConfigError>,
     deps: Vec<DepSpan>,
@@ -271,7 +308,9 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             allow_uids: Vec::new(),
             state_dir: None,
             include: Vec::new(),
+            log_dir: None,
         },
+        run_pools: BTreeMap::new(),
         programs: BTreeMap::new(),
         places: BTreeMap::new(),
         deps: Vec::new(),
@@ -323,6 +362,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             path: file.to_path_buf(),
             supd: g.supd,
             programs: g.programs,
+            run_pools: g.run_pools,
         })
     } else {
         Err(ConfigErrors(g.errors))
@@ -375,6 +415,15 @@ fn parse_file(text: &str, file: &Path, base: &Path, main: bool, g: &mut Gathered
                     }
                 }
             }
+            "pool" => {
+                if let Some(t) = w.table(value, "[pool]") {
+                    for (name, body) in t.iter() {
+                        if let Some(size) = walk_pool(&mut w, name, body) {
+                            g.run_pools.insert(name.get_ref().to_string(), size);
+                        }
+                    }
+                }
+            }
             "supd" => w.error(
                 key.span(),
                 "[supd] belongs in the main configuration file, not in an included one",
@@ -410,6 +459,7 @@ fn walk_supd(
             }
             "socket" => supd.socket = w.path(value, "socket", base),
             "state_dir" => supd.state_dir = w.path(value, "state_dir", base),
+            "log_dir" => supd.log_dir = w.path(value, "log_dir", base),
             "shutdown_timeout" => {
                 if let Some(d) = w.duration(value, "shutdown_timeout") {
                     supd.shutdown_timeout = d;
@@ -537,6 +587,50 @@ fn walk_program(
                     p.daemon = b;
                 }
             }
+            "stdout" => {
+                if let Some(s) = w.string(value, k) {
+                    match s.as_str() {
+                        "log" => p.output.mode = super::OutputMode::Log,
+                        "journal" => p.output.mode = super::OutputMode::Journal,
+                        "null" => p.output.mode = super::OutputMode::Null,
+                        _ => w.error(
+                            value.span(),
+                            format!("\"stdout\" must be \"log\", \"journal\" or \"null\", not {s:?}"),
+                        ),
+                    }
+                }
+            }
+            "redirect_stderr" => {
+                if let Some(b) = w.boolean(value, k) {
+                    p.output.redirect_stderr = b;
+                }
+            }
+            "log_timestamps" => {
+                if let Some(b) = w.boolean(value, k) {
+                    p.output.timestamps = b;
+                }
+            }
+            "log_max_bytes" => match value.get_ref() {
+                DeValue::String(s) => match parse_size(s) {
+                    Ok(0) => w.error(value.span(), "\"log_max_bytes\" must be more than 0"),
+                    Ok(n) => p.output.max_bytes = n,
+                    Err(e) => w.error(value.span(), e),
+                },
+                DeValue::Integer(_) => match w.integer(value, k) {
+                    Some(n) if n > 0 => p.output.max_bytes = n as u64,
+                    Some(_) => w.error(value.span(), "\"log_max_bytes\" must be more than 0"),
+                    None => {}
+                },
+                other => w.error(
+                    value.span(),
+                    format!("\"log_max_bytes\" must be a size such as \"10MiB\" or a number of bytes, not {}", other.type_str()),
+                ),
+            },
+            "log_backups" => match w.integer(value, k) {
+                Some(n) if (0..=1000).contains(&n) => p.output.backups = n as u32,
+                Some(_) => w.error(value.span(), "\"log_backups\" must be from 0 to 1000"),
+                None => {}
+            },
             "user" => p.user = walk_user(w, value),
             "group" => p.group = walk_group(w, value),
             "umask" => match value.get_ref() {
@@ -704,6 +798,48 @@ fn walk_program(
     p.backoff_reset =
         backoff_reset.unwrap_or_else(|| (p.start_secs * 10).max(Duration::from_secs(10)));
     (w.errors.len() == errors_before).then_some(p)
+}
+
+/// One `[pool.NAME]` table: `size = N` (from 1 to [`super::MAX_INSTANCES`]).
+fn walk_pool(
+    w: &mut Walker<'_>,
+    name: &Spanned<std::borrow::Cow<'_, str>>,
+    body: &Spanned<DeValue<'_>>,
+) -> Option<u32> {
+    let pname = name.get_ref().to_string();
+    let before = w.errors.len();
+    if !valid_name(&pname) {
+        w.error(
+            name.span(),
+            format!(
+                "invalid pool name \"{pname}\": use letters, digits, '_', '-' and '.' (at most 128)"
+            ),
+        );
+    }
+    let t = w.table(body, &format!("[pool.{pname}]"))?;
+    let mut size = None;
+    for (key, value) in t.iter() {
+        match key.get_ref().as_ref() {
+            "size" => match w.integer(value, "size") {
+                Some(n) if (1..=i64::from(super::MAX_INSTANCES)).contains(&n) => {
+                    size = Some(n as u32);
+                }
+                Some(_) => w.error(
+                    value.span(),
+                    format!("\"size\" must be from 1 to {}", super::MAX_INSTANCES),
+                ),
+                None => {}
+            },
+            _ => w.unknown_key(key, &format!("[pool.{pname}]"), POOL_KEYS),
+        }
+    }
+    if size.is_none() && w.errors.len() == before {
+        w.error(
+            name.span(),
+            format!("[pool.{pname}] has no \"size\": add one, such as size = 2"),
+        );
+    }
+    (w.errors.len() == before).then_some(size).flatten()
 }
 
 /// Where one `depends_on` entry stands, to report unknown names and cycles.

@@ -35,7 +35,7 @@ use serde_json::Value;
 pub const MAX_LINE: usize = 1024 * 1024;
 
 /// Raised whenever a method or field is added (never for a removal: there are none).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A JSON-RPC 2.0 request (or notification, when `id` is absent) as read off the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,6 +21,8 @@ pub enum State {
     Exited,
     /// Could not be started: exec failed, or `start_retries` were used up.
     Fatal,
+    /// A `supctl run --pool` waiting for a free place in its pool.
+    Queued,
 }
 
 impl State {
@@ -34,6 +36,7 @@ impl State {
             State::Stopping => "stopping",
             State::Exited => "exited",
             State::Fatal => "fatal",
+            State::Queued => "queued",
         }
     }
 
@@ -236,6 +239,10 @@ pub struct ProgramStatus {
     /// crash or restart of supd). Its exit status will be unknown.
     #[serde(default)]
     pub adopted: bool,
+    /// Bytes of its output dropped because writing the log failed (a full
+    /// or failing disk).
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
 }
 
 /// One state change, as `events` streams it (a notification with method

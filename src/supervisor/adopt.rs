@@ -86,6 +86,11 @@ impl Supervisor {
                     .unwrap_or_else(Instant::now),
             });
             p.adopted = true;
+            let output_cfg = p.cfg.output.clone();
+            // It still writes its own log file: follow it from its end.
+            let out = self.output(&name, &output_cfg);
+            out.configure(&output_cfg, true);
+            out.follow_direct();
             let pid = rec.pid;
             self.state.processes.insert(name.clone(), rec);
             self.watch_adopted(name.clone(), pid, watch);

@@ -226,6 +226,38 @@ impl Handle {
         outcome
     }
 
+    /// `logs`: the captured output of a program.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown program.
+    pub async fn logs(
+        &self,
+        name: String,
+    ) -> Result<std::sync::Arc<crate::logs::ProgramOutput>, RpcError> {
+        self.ask(|reply| Msg::Logs { name, reply }).await
+    }
+
+    /// `reopen_logs` (SIGUSR1): every log file is closed, and opened again
+    /// (created if it was moved away) at its next line. Returns how many
+    /// programs' files were.
+    pub async fn reopen_logs(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::ReopenLogs { reply: tx }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
+
+    /// `run`: a transient program; answers once it is spawned (after a
+    /// wait in its pool's queue).
+    ///
+    /// # Errors
+    /// `invalid_params`, `not_found` (pool), `already_running` (name taken),
+    /// `spawn`, `shutting_down`.
+    pub async fn run(&self, spec: super::RunSpec) -> Result<super::RunStarted, RpcError> {
+        self.ask(|reply| Msg::Run { spec, reply }).await
+    }
+
     /// `remove`: forgets programs that have no process.
     ///
     /// # Errors

@@ -20,18 +20,24 @@ pub mod machine;
 mod orphans;
 mod program;
 mod reload;
+mod run;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::Arc;
+
 use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::logs::{ProgramOutput, Stream};
 
 pub use handle::Handle;
 use machine::{Action, Input, backoff_delay};
 pub use program::rfc3339;
 use program::{LastExit, Program, wait_result};
+pub use run::RUN_STOP_TIMEOUT;
 
 use crate::config::{Config, ProgramConfig};
 use crate::protocol::{
@@ -45,6 +51,73 @@ type Reply<T> = oneshot::Sender<Result<T, RpcError>>;
 
 /// How long a scan for orphans is reused by `status`.
 pub const ORPHAN_SCAN_TTL: Duration = Duration::from_millis(500);
+
+/// Where the answer to a `run` goes once its program is spawned.
+pub type RunReply = Reply<RunStarted>;
+
+/// What `supctl run` asks for: a transient program.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// argv.
+    pub command: Vec<String>,
+    /// Its name; `run-N` when none is given.
+    pub name: Option<String>,
+    /// Variables added to supd's environment.
+    pub env: BTreeMap<String, String>,
+    /// Its working folder.
+    pub cwd: Option<PathBuf>,
+    /// The `[pool.NAME]` to queue it in.
+    pub pool: Option<String>,
+}
+
+/// A run that was spawned: what the connection streams back.
+#[derive(Debug)]
+pub struct RunStarted {
+    /// Its name.
+    pub name: String,
+    /// Its process.
+    pub pid: u32,
+    /// Its output, from before its first line.
+    pub output: broadcast::Receiver<crate::logs::OutputEvent>,
+    /// How it ended, once it has.
+    pub exit: oneshot::Receiver<WaitResult>,
+    /// The write end of its stdin.
+    pub stdin: Option<std::os::fd::OwnedFd>,
+    /// Stops the run when dropped, unless disarmed: a run whose answer or
+    /// stream is abandoned (the client hung up, at whatever moment) is
+    /// never left behind.
+    pub guard: RunGuard,
+}
+
+/// See [`RunStarted::guard`].
+#[derive(Debug)]
+pub struct RunGuard {
+    name: String,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
+}
+
+impl RunGuard {
+    /// The run ended as it should: nothing to stop.
+    pub fn disarm(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let (reply, _) = oneshot::channel();
+            let _ = tx.send(Msg::Stop {
+                select: NamesParams {
+                    names: vec![self.name.clone()],
+                    all: false,
+                },
+                kill: false,
+                reply,
+            });
+        }
+    }
+}
 
 /// Events kept for a subscriber that has not read them yet; one that falls
 /// further behind is dropped.
@@ -135,6 +208,25 @@ pub enum Msg {
         /// The receiver.
         reply: oneshot::Sender<broadcast::Receiver<Event>>,
     },
+    /// `logs`: the output of a program.
+    Logs {
+        /// The program.
+        name: String,
+        /// Its output.
+        reply: Reply<Arc<ProgramOutput>>,
+    },
+    /// `reopen_logs` (and SIGUSR1): close every log file, to be opened again.
+    ReopenLogs {
+        /// How many programs' files were reopened.
+        reply: oneshot::Sender<usize>,
+    },
+    /// `run`: a transient program.
+    Run {
+        /// What to run.
+        spec: RunSpec,
+        /// Answered once it is spawned (or could not be).
+        reply: RunReply,
+    },
     /// Begin shutdown (`supctl shutdown`, SIGTERM, SIGINT); a second one
     /// sends SIGKILL to whatever is left.
     Shutdown,
@@ -192,6 +284,16 @@ pub struct Supervisor {
     shutdown_timeout: Duration,
     /// `shutdown_timeout` passed: `daemon = false` programs are stopped too.
     shutdown_forced: bool,
+    /// Where log files go.
+    log_dir: PathBuf,
+    /// Each program's captured output, by name; kept across its runs.
+    outputs: HashMap<String, Arc<ProgramOutput>>,
+    /// `[pool.NAME]` sizes, for `run --pool`.
+    run_pools: BTreeMap<String, u32>,
+    /// Queued runs of each pool, first in first out.
+    run_queues: HashMap<String, VecDeque<String>>,
+    /// The number of the next `run-N`.
+    next_run: u64,
 }
 
 fn member_name(group: &str, instance: u32) -> String {
@@ -211,7 +313,20 @@ impl Supervisor {
     /// sizes, live processes): read now, written as they change. Processes
     /// recorded there by an earlier supd are adopted or finished off now
     /// (see [`Supervisor::autostart`]).
-    pub fn new(config: &Config, state_path: Option<PathBuf>) -> (Supervisor, Handle) {
+    /// Output goes to log files in `log_dir` (created here if missing).
+    pub fn new(
+        config: &Config,
+        state_path: Option<PathBuf>,
+        log_dir: PathBuf,
+    ) -> (Supervisor, Handle) {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&log_dir)
+        {
+            tracing::error!(dir = %log_dir.display(), error = %e, "cannot create the log folder; output will be dropped until it exists");
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let state = state_path
@@ -271,6 +386,11 @@ impl Supervisor {
             ),
             shutdown_timeout: config.supd.shutdown_timeout,
             shutdown_forced: false,
+            log_dir,
+            outputs: HashMap::new(),
+            run_pools: config.run_pools.clone(),
+            run_queues: HashMap::new(),
+            next_run: 1,
         };
         (sup, Handle::new(tx, config.path.clone()))
     }
@@ -370,6 +490,26 @@ impl Supervisor {
             Msg::Subscribe { reply } => {
                 let _ = reply.send(self.events.subscribe());
             }
+            Msg::Logs { name, reply } => {
+                let out = match self.programs.get(&name) {
+                    Some(p) => Ok(self.output(&name, &p.cfg.output.clone())),
+                    None => self.outputs.get(&name).cloned().ok_or_else(|| {
+                        RpcError::new(
+                            ErrorKind::NotFound,
+                            format!("no such program: {name} (supctl status lists them)"),
+                        )
+                    }),
+                };
+                let _ = reply.send(out);
+            }
+            Msg::ReopenLogs { reply } => {
+                for out in self.outputs.values() {
+                    out.reopen();
+                }
+                tracing::info!(programs = self.outputs.len(), "reopened the log files");
+                let _ = reply.send(self.outputs.len());
+            }
+            Msg::Run { spec, reply } => self.run_transient(spec, reply),
             Msg::Shutdown => self.shutdown(),
             Msg::ShutdownTimeout => {
                 if self.shutting_down && !self.shutdown_forced {
@@ -493,7 +633,12 @@ impl Supervisor {
                 } else {
                     Vec::new()
                 };
-                p.status(waiting_for, orphans.get(n).cloned().unwrap_or_default())
+                let dropped = self.outputs.get(n).map_or(0, |o| o.dropped_bytes());
+                p.status(
+                    waiting_for,
+                    orphans.get(n).cloned().unwrap_or_default(),
+                    dropped,
+                )
             })
             .collect())
     }
@@ -619,6 +764,22 @@ impl Supervisor {
         let Some(p) = self.programs.get_mut(name) else {
             return;
         };
+        if p.queued.is_some() {
+            // A queued run that is stopped never runs: its client hears so.
+            let outcome = p.outcome();
+            let pool = p.run_pool.clone();
+            self.forget(name);
+            if let Some(w) = waiter {
+                let _ = w.send(Outcome {
+                    state: State::Stopped,
+                    ..outcome
+                });
+            }
+            if let Some(pool) = pool {
+                self.release_pool(&pool);
+            }
+            return;
+        }
         let busy = p.state().has_process() || p.state() == State::Backoff || p.machine.waiting;
         if !busy {
             // Stopping what has no process is done already (as `systemctl stop`).
@@ -742,6 +903,18 @@ impl Supervisor {
     fn forget(&mut self, name: &str) -> Option<Program> {
         let mut p = self.programs.remove(name)?;
         p.cancel_timer();
+        if let Some(out) = self.outputs.get(name) {
+            out.stop_following();
+        }
+        if p.transient {
+            self.outputs.remove(name);
+        }
+        if let Some(reply) = p.queued.take() {
+            let _ = reply.send(Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("{name}: removed before it could run"),
+            )));
+        }
         let removed = p.failed(ErrorKind::NotFound, format!("{name}: removed"));
         for w in std::mem::take(&mut p.start_waiters) {
             let _ = w.send(removed.clone());
@@ -970,6 +1143,9 @@ impl Supervisor {
             for w in p.exit_waiters.drain(..) {
                 let _ = w.send(wait_result(&name, last));
             }
+            if let Some(out) = self.outputs.get(&name) {
+                out.run_exited(pid, status.returncode());
+            }
             self.feed(&name, Input::Exited { status, ran_for });
         }
     }
@@ -985,6 +1161,19 @@ impl Supervisor {
     /// pool members to forget.
     fn settle(&mut self) {
         while let Some((name, to)) = self.transitions.pop_front() {
+            if matches!(to, State::Stopped | State::Exited | State::Fatal) {
+                if let Some(p) = self.programs.get(&name).filter(|p| p.transient) {
+                    let pool = p.run_pool.clone();
+                    self.forget(&name);
+                    if let Some(pool) = pool {
+                        self.release_pool(&pool);
+                    }
+                    if self.shutting_down {
+                        self.shutdown_step();
+                    }
+                    continue;
+                }
+            }
             match to {
                 State::Running => self.release_waiting(),
                 State::Fatal => {
@@ -1067,9 +1256,45 @@ impl Supervisor {
             for action in actions {
                 match action {
                     Action::Spawn => {
-                        match spawn::spawn(&p.cfg, &[("SUP_SUPD".to_string(), self.marker.clone())])
-                        {
-                            Ok(child) => {
+                        let direct = !p.cfg.daemon && !p.transient;
+                        let out = self
+                            .outputs
+                            .entry(name.to_string())
+                            .or_insert_with(|| {
+                                ProgramOutput::new(name, &self.log_dir, &p.cfg.output, direct)
+                            })
+                            .clone();
+                        out.configure(&p.cfg.output, direct);
+                        let files = match out.files_for_child() {
+                            Some(Ok(files)) => Some(files),
+                            Some(Err(e)) => {
+                                tracing::error!(program = %name, error = %e, "cannot open the log file; its output goes through a pipe instead");
+                                None
+                            }
+                            None => None,
+                        };
+                        match spawn::spawn(
+                            &p.cfg,
+                            &[("SUP_SUPD".to_string(), self.marker.clone())],
+                            p.transient,
+                            files,
+                        ) {
+                            Ok((child, pipes)) => {
+                                let n = u8::from(pipes.stdout.is_some())
+                                    + u8::from(pipes.stderr.is_some());
+                                let run = out.run_started(child.pid, n);
+                                if let Some(fd) = pipes.stdout {
+                                    tokio::spawn(crate::logs::drain(
+                                        out.clone(),
+                                        Stream::Stdout,
+                                        fd,
+                                        run,
+                                    ));
+                                }
+                                if let Some(fd) = pipes.stderr {
+                                    tokio::spawn(crate::logs::drain(out, Stream::Stderr, fd, run));
+                                }
+                                p.stdin = pipes.stdin;
                                 tracing::info!(program = %name, pid = child.pid, "spawned");
                                 self.by_pid.insert(child.pid, name.to_string());
                                 self.state.processes.insert(

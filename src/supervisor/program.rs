@@ -54,6 +54,16 @@ pub(super) struct Program {
     pub start_waiters: Vec<oneshot::Sender<Outcome>>,
     pub stop_waiters: Vec<oneshot::Sender<Outcome>>,
     pub exit_waiters: Vec<oneshot::Sender<WaitResult>>,
+    /// A `supctl run`: forgotten once its process is gone.
+    pub transient: bool,
+    /// The `[pool.NAME]` a run belongs to.
+    pub run_pool: Option<String>,
+    /// A queued run, waiting for a place in its pool; the answer to its
+    /// `run` request goes here once it is spawned.
+    pub queued: Option<super::RunReply>,
+    /// The write end of the program's stdin (a run), until the `run`
+    /// request takes it.
+    pub stdin: Option<std::os::fd::OwnedFd>,
 }
 
 impl Program {
@@ -78,6 +88,10 @@ impl Program {
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             exit_waiters: Vec::new(),
+            transient: false,
+            run_pool: None,
+            queued: None,
+            stdin: None,
         }
     }
 
@@ -86,7 +100,11 @@ impl Program {
     }
 
     pub fn state(&self) -> State {
-        self.machine.state
+        if self.queued.is_some() {
+            State::Queued
+        } else {
+            self.machine.state
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -122,7 +140,12 @@ impl Program {
         }
     }
 
-    pub fn status(&self, waiting_for: Vec<String>, orphans: Vec<u32>) -> ProgramStatus {
+    pub fn status(
+        &self,
+        waiting_for: Vec<String>,
+        orphans: Vec<u32>,
+        log_dropped_bytes: u64,
+    ) -> ProgramStatus {
         let last = self.ended();
         ProgramStatus {
             name: self.cfg.name.clone(),
@@ -146,6 +169,7 @@ impl Program {
             },
             waiting_for,
             adopted: self.adopted && self.child.is_some(),
+            log_dropped_bytes,
         }
     }
 

@@ -24,7 +24,8 @@ impl Supervisor {
     fn definitions(&self) -> BTreeMap<String, ProgramConfig> {
         let mut defs: BTreeMap<String, ProgramConfig> = self.pools.clone();
         for p in self.programs.values() {
-            if p.instance.is_none() {
+            // Runs (`supctl run`) are no part of the configuration.
+            if p.instance.is_none() && !p.transient {
                 defs.insert(p.group.clone(), p.cfg.clone());
             }
         }
@@ -41,6 +42,21 @@ impl Supervisor {
             return Err(RpcError::new(
                 ErrorKind::ShuttingDown,
                 "supd is shutting down; nothing was reloaded",
+            ));
+        }
+        let taken: Vec<&str> = new
+            .programs
+            .keys()
+            .filter(|n| self.programs.get(*n).is_some_and(|p| p.transient))
+            .map(String::as_str)
+            .collect();
+        if !taken.is_empty() {
+            return Err(RpcError::new(
+                ErrorKind::Config,
+                format!(
+                    "{}: the name of a supctl run that has not ended; nothing was reloaded (try again once it has)",
+                    taken.join(", ")
+                ),
             ));
         }
         let old = self.definitions();
@@ -99,6 +115,13 @@ impl Supervisor {
             }
         }
         self.shutdown_timeout = new.supd.shutdown_timeout;
+        // `[pool.NAME]` sizes for runs: a grown pool starts what it can now;
+        // a removed one lets its queued runs through one at a time.
+        self.run_pools = new.run_pools.clone();
+        let pools: Vec<String> = self.run_queues.keys().cloned().collect();
+        for pool in pools {
+            self.release_pool(&pool);
+        }
         self.save_state();
         tracing::info!(
             added = ?result.added,

@@ -536,3 +536,31 @@ fn logs_go_to_stderr_with_timestamps_when_journal_stream_is_another_file() {
     );
     assert!(line.contains("program=web"), "{line}");
 }
+
+#[test]
+fn stdout_journal_sends_each_line_to_journald_under_the_program_name() {
+    let config = "[program.chatty]\ncommand = [\"sh\", \"-c\", \"echo hello-journal; echo oops-journal >&2; sleep 300\"]\nstdout = \"journal\"\nstart_secs = \"0s\"\ndaemon = true\n";
+    let mut supd = JournaledSupd::start(config, true, true);
+    let mut records = Vec::new();
+    let find = |records: &Vec<Vec<(String, String)>>, message: &str| {
+        records
+            .iter()
+            .find(|r| field(r, "MESSAGE") == Some(message))
+            .cloned()
+    };
+    let out = poll("chatty's stdout line in the journal", DEADLINE, || {
+        supd.records(&mut records);
+        find(&records, "hello-journal")
+    });
+    assert_eq!(field(&out, "SYSLOG_IDENTIFIER"), Some("chatty"));
+    assert_eq!(field(&out, "PRIORITY"), Some("6"));
+    let err = poll("chatty's stderr line in the journal", DEADLINE, || {
+        supd.records(&mut records);
+        find(&records, "oops-journal")
+    });
+    assert_eq!(field(&err, "SYSLOG_IDENTIFIER"), Some("chatty"));
+    assert_eq!(field(&err, "PRIORITY"), Some("3"));
+    // No log file for it: the journal holds its output.
+    assert!(!supd.dir.path().join("logs/chatty.out.log").exists());
+    supd.shutdown();
+}

@@ -651,3 +651,70 @@ pub fn start_leaver(tmp: &Path, script: &str, extra: &str) -> (Supd, u32) {
     });
     (supd, main)
 }
+
+impl Supd {
+    /// The default log folder: `logs` beside the socket (the state folder).
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// The text of log file `file` in the default log folder ("" if missing).
+    pub fn log_file(&self, file: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_dir().join(file)).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Starts `supctl --socket S ARGS...` with stdout and stderr piped and
+    /// stdin `stdin`, without waiting.
+    pub fn ctl_spawn_stdin(&self, args: &[&str], stdin: Stdio) -> Child {
+        supctl_cmd(&self.socket, args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn supctl")
+    }
+}
+
+/// The lines a child prints on stdout, as they come (read by a thread).
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to `deadline` for a child to exit; kills it and panics after.
+pub fn wait_child(child: &mut Child, what: &str, deadline: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills a child on drop (a supctl a test started), so a failing test
+/// leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,1043 @@
+//! Captured output: each program's stdout and stderr, drained from pipes
+//! without ever blocking the program, into log files (rotated by size),
+//! journald, an in-memory ring (`logs -n`) and a broadcast channel
+//! (`logs -f`, `run`).
+//!
+//! Ownership. The supervisor keeps one [`ProgramOutput`] per program name,
+//! behind an `Arc`, for as long as supd runs (so followers keep following
+//! across restarts). Each run of the program gets one drain task per pipe
+//! ([`drain`]), which holds a clone of that `Arc`. The ring, the open log
+//! files and the run markers are small leaf data behind one
+//! `std::sync::Mutex`, taken only for the length of a synchronous append
+//! and never held across an `.await` (STYLE.md habit 3, mini-redis
+//! `db.rs`). Routing every line through the supervisor actor instead would
+//! put a `yes` flood on the same queue as `status` and make every other
+//! request wait behind it; with the lock, the actor only ever touches this
+//! data at spawn, exit, `logs` and `reopen-logs`.
+//!
+//! Never blocking. The pipes are non-blocking and registered with tokio;
+//! the drain reads as fast as data comes and appends with plain `write`
+//! calls to regular files. A write that fails (ENOSPC, EIO, a missing
+//! folder) drops the line, adds its size to `dropped_bytes`, and closes
+//! the file: the next line opens it again (a new file if it was deleted),
+//! so writing resumes by itself once space returns. The program is never
+//! made to wait for the disk.
+//!
+//! Programs that write their own file. A `daemon = false` program must
+//! survive supd's death, so its stdout is not a pipe (whose only reader
+//! would die with supd and leave it to SIGPIPE) but its log file itself,
+//! opened for appending ([`ProgramOutput::files_for_child`]). supd follows
+//! that file with inotify (`follow_file`, no polling) to feed the ring and
+//! followers, follows it again after adopting the program, and rotates it
+//! by copy and truncate. No timestamps or drop counting there: the file
+//! holds what the program wrote, between run markers.
+//!
+//! A disk that hangs (rather than fails) would still stall the daemon's
+//! thread inside `write`; moving appends to a blocking thread is the next
+//! step if that matters.
+//!
+//! Bounds. A line is cut into chunks of at most [`MAX_LINE_BYTES`]; the ring
+//! keeps the last [`RING_LINES`] lines or [`RING_BYTES`] bytes, whichever is
+//! smaller; a follower that falls [`FOLLOW_QUEUE`] lines behind is told
+//! how many it missed. Bytes that are not UTF-8 go to the files as they
+//! are, and into JSON as U+FFFD.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+
+use crate::config::{OutputConfig, OutputMode};
+
+/// The longest line kept whole; longer ones are cut into pieces this long.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Lines the ring keeps at most.
+pub const RING_LINES: usize = 1000;
+/// Bytes the ring keeps at most.
+pub const RING_BYTES: usize = 256 * 1024;
+/// Lines queued for a follower before it starts missing some.
+pub const FOLLOW_QUEUE: usize = 4096;
+
+/// Which of a program's output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
+/// One line of output, as `logs` and `log` notifications carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The program.
+    pub name: String,
+    /// `stdout` or `stderr`.
+    pub stream: Stream,
+    /// The text, without its newline; invalid UTF-8 as U+FFFD.
+    pub line: String,
+    /// When supd read it (RFC 3339); `null` for a line read back from a
+    /// file written before this supd started.
+    pub time: Option<String>,
+    /// Whether the program ended it with a newline (false for a last
+    /// line without one, or a piece of an over-long line).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub newline: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// What followers receive.
+#[derive(Debug, Clone)]
+pub enum OutputEvent {
+    /// A line.
+    Line(LogLine),
+    /// A run ended: its process exited and its pipes reached end of file,
+    /// so every line it wrote came before this.
+    Ended {
+        /// The run's process.
+        pid: u32,
+    },
+}
+
+/// One log file: where it is, its open descriptor (if any) and its size.
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    /// Where the file's lines from before this supd (or before this
+    /// follower) end: lines past it are in the ring too. `None` until the
+    /// file is first opened or followed.
+    older_end: Option<u64>,
+    /// For a file the program writes itself: its inode and how far supd
+    /// has read it, so the next run's follower picks up where the last
+    /// one stopped.
+    followed_to: Option<(u64, u64)>,
+}
+
+impl LogFile {
+    fn new(path: PathBuf) -> Self {
+        LogFile {
+            path,
+            file: None,
+            size: 0,
+            older_end: None,
+            followed_to: None,
+        }
+    }
+
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&self.path)?;
+            self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            self.older_end.get_or_insert(self.size);
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+
+    /// Renames `path` -> `.1` -> `.2` ... (the oldest dropped), then
+    /// starts a new file.
+    fn rotate(&mut self, backups: u32) {
+        self.file = None;
+        if backups == 0 {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            let numbered = |n: u32| {
+                let mut p = self.path.as_os_str().to_owned();
+                p.push(format!(".{n}"));
+                PathBuf::from(p)
+            };
+            let _ = std::fs::remove_file(numbered(backups));
+            for n in (1..backups).rev() {
+                let _ = std::fs::rename(numbered(n), numbered(n + 1));
+            }
+            let _ = std::fs::rename(&self.path, numbered(1));
+        }
+        self.size = 0;
+        self.older_end = Some(0);
+    }
+
+    /// Appends `bytes` (one line with its newline), rotating first when it
+    /// would pass `max`. On failure the file is closed (to be opened again
+    /// by the next write) and the error returned.
+    fn append(&mut self, bytes: &[u8], max: u64, backups: u32) -> io::Result<()> {
+        self.open()?;
+        if self.size > 0 && self.size + bytes.len() as u64 > max {
+            self.rotate(backups);
+            self.open()?;
+        }
+        let file = self.file.as_mut().expect("open");
+        match file.write_all(bytes) {
+            Ok(()) => {
+                self.size += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The ring of recent lines.
+#[derive(Debug, Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    /// Lines pushed out since supd started (the ring no longer holds all).
+    evicted: bool,
+}
+
+impl Ring {
+    fn push(&mut self, line: LogLine) {
+        self.bytes += line.line.len();
+        self.lines.push_back(line);
+        while self.lines.len() > RING_LINES || self.bytes > RING_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.line.len();
+                    self.evicted = true;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: OutputConfig,
+    /// `[stdout file, stderr file]`; one shared file with `redirect_stderr`
+    /// (index 0), none when output is not logged.
+    files: [Option<LogFile>; 2],
+    ring: Ring,
+    /// The current run: its number, its pid, pipes still open, and its
+    /// end marker once its exit is known.
+    run: u64,
+    run_pid: u32,
+    open_pipes: u8,
+    pending_end: Option<String>,
+    journal: Option<std::os::unix::net::UnixDatagram>,
+    /// The program writes its log file(s) itself (`daemon = false`): supd
+    /// only follows them, and rotates them by copy, then truncate.
+    direct: bool,
+    /// The tasks following those files.
+    followers: Vec<tokio::task::AbortHandle>,
+}
+
+/// Everything supd keeps of one program's output. See the module's doc.
+#[derive(Debug)]
+pub struct ProgramOutput {
+    name: String,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<OutputEvent>,
+    dropped: AtomicU64,
+}
+
+fn now() -> String {
+    crate::supervisor::rfc3339(SystemTime::now())
+}
+
+impl ProgramOutput {
+    /// The output of program `name`, logged into `dir` as `cfg` says.
+    pub fn new(name: &str, dir: &Path, cfg: &OutputConfig, direct: bool) -> Arc<ProgramOutput> {
+        let (tx, _) = broadcast::channel(FOLLOW_QUEUE);
+        let out = ProgramOutput {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                cfg: cfg.clone(),
+                files: [None, None],
+                ring: Ring::default(),
+                run: 0,
+                run_pid: 0,
+                open_pipes: 0,
+                pending_end: None,
+                journal: None,
+                direct: false,
+                followers: Vec::new(),
+            }),
+            tx,
+            dropped: AtomicU64::new(0),
+        };
+        out.configure(cfg, direct);
+        Arc::new(out)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it cannot leave it half-updated in a way
+        // that matters more than losing the output.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a new configuration (a reload); files are opened again.
+    /// `direct`: the program writes its log files itself (see
+    /// [`ProgramOutput::files_for_child`]).
+    pub fn configure(&self, cfg: &OutputConfig, direct: bool) {
+        let mut inner = self.lock();
+        let direct = direct && cfg.mode == OutputMode::Log;
+        let fresh = inner.files.iter().all(Option::is_none) && inner.run == 0;
+        if inner.cfg == *cfg && inner.direct == direct && !fresh {
+            return;
+        }
+        inner.cfg = cfg.clone();
+        inner.direct = direct;
+        let file = |suffix: &str| {
+            Some(LogFile::new(
+                self.dir.join(format!("{}{suffix}", self.name)),
+            ))
+        };
+        inner.files = match (cfg.mode, cfg.redirect_stderr) {
+            _ if !cfg.files => [None, None],
+            (OutputMode::Log, false) => [file(".out.log"), file(".err.log")],
+            (OutputMode::Log, true) => [file(".log"), None],
+            _ => [None, None],
+        };
+        inner.journal = None;
+    }
+
+    /// Bytes of output dropped because a write failed.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// A receiver of every line (and run end) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<OutputEvent> {
+        self.tx.subscribe()
+    }
+
+    /// Closes every log file; each is opened again (created if it was
+    /// moved away) at its next line.
+    pub fn reopen(&self) {
+        let mut inner = self.lock();
+        if inner.direct {
+            // The program holds its own descriptor; nothing to reopen.
+            return;
+        }
+        for f in inner.files.iter_mut().flatten() {
+            f.file = None;
+            // A new file (if it was moved away) holds nothing older.
+            f.older_end = None;
+        }
+    }
+
+    /// A new run began as `pid` with `pipes` pipes to drain: writes the
+    /// end marker of the last run if still pending, then this run's start
+    /// marker. Returns the run's number for [`drain`].
+    pub fn run_started(&self, pid: u32, pipes: u8) -> u64 {
+        let mut inner = self.lock();
+        if let Some(end) = inner.pending_end.take() {
+            self.marker(&mut inner, &end);
+        }
+        inner.run += 1;
+        inner.run_pid = pid;
+        inner.open_pipes = pipes;
+        if !inner.direct {
+            // (A program writing its own file wrote this before its exec.)
+            self.marker(&mut inner, &format!("--- supd: started pid {pid} ---"));
+        }
+        inner.run
+    }
+
+    /// The current run's process exited (`returncode`: the code or -N).
+    /// Its end marker is written once its pipes are drained too.
+    pub fn run_exited(&self, pid: u32, returncode: Option<i32>) {
+        let mut inner = self.lock();
+        if inner.run_pid != pid {
+            return;
+        }
+        let rc = returncode.map_or_else(|| "unknown".to_string(), |rc| rc.to_string());
+        let end = format!("--- supd: exited pid {pid} returncode {rc} ---");
+        if inner.open_pipes == 0 {
+            self.marker(&mut inner, &end);
+            let _ = self.tx.send(OutputEvent::Ended { pid });
+        } else {
+            inner.pending_end = Some(end);
+        }
+    }
+
+    /// A pipe of run `run` reached end of file.
+    fn pipe_closed(&self, run: u64) {
+        let mut inner = self.lock();
+        if inner.run != run || inner.open_pipes == 0 {
+            return;
+        }
+        inner.open_pipes -= 1;
+        if inner.open_pipes == 0 {
+            if let Some(end) = inner.pending_end.take() {
+                self.marker(&mut inner, &end);
+                let _ = self.tx.send(OutputEvent::Ended { pid: inner.run_pid });
+            }
+        }
+    }
+
+    /// Writes a marker line into each log file (not into the ring).
+    fn marker(&self, inner: &mut Inner, text: &str) {
+        if inner.cfg.mode != OutputMode::Log {
+            return;
+        }
+        let mut line = Vec::with_capacity(text.len() + 40);
+        if inner.cfg.timestamps {
+            line.extend_from_slice(now().as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(text.as_bytes());
+        line.push(b'\n');
+        let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+        let direct = inner.direct;
+        for f in inner.files.iter_mut().flatten() {
+            let written = if direct {
+                // The program appends to this file too: a fresh append,
+                // with no size bookkeeping (the follower rotates).
+                open_append(&f.path).and_then(|mut file| file.write_all(&line))
+            } else {
+                f.append(&line, max, backups)
+            };
+            if written.is_err() {
+                self.dropped.fetch_add(line.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes the lines (without their newlines; `true` when one ended it)
+    /// read from `stream` in one chunk: one lock, one timestamp, and one
+    /// `write` a file for the whole batch.
+    fn lines(&self, stream: Stream, batch: &[(&[u8], bool)]) {
+        self.take_lines(stream, batch, true);
+    }
+
+    /// As [`ProgramOutput::lines`]; `to_files` false for lines read back
+    /// from a file the program writes itself.
+    fn take_lines(&self, stream: Stream, batch: &[(&[u8], bool)], to_files: bool) {
+        if batch.is_empty() {
+            return;
+        }
+        let time = now();
+        // Without followers only the last lines can end up in the ring:
+        // the others go to the file and nowhere else.
+        let followed = self.tx.receiver_count() > 0;
+        let first = if followed {
+            0
+        } else {
+            batch.len().saturating_sub(RING_LINES)
+        };
+        let entries: Vec<LogLine> = batch[first..]
+            .iter()
+            .map(|(bytes, newline)| LogLine {
+                name: self.name.clone(),
+                stream,
+                line: String::from_utf8_lossy(bytes).into_owned(),
+                time: Some(time.clone()),
+                newline: *newline,
+            })
+            .collect();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        match inner.cfg.mode {
+            OutputMode::Log if !to_files => {}
+            OutputMode::Log => {
+                let (max, backups, stamp) =
+                    (inner.cfg.max_bytes, inner.cfg.backups, inner.cfg.timestamps);
+                let idx = if inner.files[1].is_some() {
+                    stream.index()
+                } else {
+                    0
+                };
+                if let Some(f) = inner.files[idx].as_mut() {
+                    let mut buf = Vec::with_capacity(64 * 1024);
+                    for (bytes, _) in batch {
+                        let len = bytes.len() + 1 + if stamp { time.len() + 1 } else { 0 };
+                        if !buf.is_empty() && f.size + (buf.len() + len) as u64 > max {
+                            self.flush(f, &buf, max, backups);
+                            buf.clear();
+                        }
+                        if stamp {
+                            buf.extend_from_slice(time.as_bytes());
+                            buf.push(b' ');
+                        }
+                        buf.extend_from_slice(bytes);
+                        buf.push(b'\n');
+                    }
+                    self.flush(f, &buf, max, backups);
+                }
+            }
+            OutputMode::Journal => {
+                for (bytes, _) in batch {
+                    if !journal_send(&mut inner.journal, &self.name, stream, bytes) {
+                        self.dropped
+                            .fetch_add(bytes.len() as u64 + 1, Ordering::Relaxed);
+                    }
+                }
+            }
+            OutputMode::Null => {}
+        }
+        if followed {
+            for entry in &entries {
+                inner.ring.push(entry.clone());
+            }
+            for entry in entries {
+                let _ = self.tx.send(OutputEvent::Line(entry));
+            }
+        } else {
+            for entry in entries {
+                inner.ring.push(entry);
+            }
+        }
+    }
+
+    /// Appends `buf` (whole lines) to `f`, counting it as dropped
+    /// when the write fails.
+    fn flush(&self, f: &mut LogFile, buf: &[u8], max: u64, backups: u32) {
+        if buf.is_empty() {
+            return;
+        }
+        match f.append(buf, max, backups) {
+            Ok(()) => {}
+            Err(_) => {
+                self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// For a program that writes its log file(s) itself: opens them for
+    /// appending (the child's stdout, and its stderr unless merged), and
+    /// (re)starts following them from their current end. `None` when this
+    /// output is not written directly.
+    pub fn files_for_child(self: &Arc<Self>) -> Option<io::Result<(File, Option<File>)>> {
+        let paths: Vec<(Stream, PathBuf)> = {
+            let inner = self.lock();
+            if !inner.direct {
+                return None;
+            }
+            inner
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    f.as_ref().map(|f| (stream, f.path.clone()))
+                })
+                .collect()
+        };
+        let opened = (|| {
+            let out = open_append(&paths[0].1)?;
+            let err = match paths.get(1) {
+                Some((_, p)) => Some(open_append(p)?),
+                None => None,
+            };
+            Ok((out, err))
+        })();
+        if opened.is_ok() {
+            self.follow(paths);
+        }
+        Some(opened)
+    }
+
+    /// Follows this program's own log files from their current end (an
+    /// adopted process, or a new run), replacing earlier followers.
+    pub fn follow_direct(self: &Arc<Self>) {
+        let paths: Vec<(Stream, PathBuf)> = {
+            let inner = self.lock();
+            if !inner.direct {
+                return;
+            }
+            inner
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    f.as_ref().map(|f| (stream, f.path.clone()))
+                })
+                .collect()
+        };
+        self.follow(paths);
+    }
+
+    fn follow(self: &Arc<Self>, paths: Vec<(Stream, PathBuf)>) {
+        let mut handles = Vec::new();
+        for (stream, path) in paths {
+            // From where the last follower of this same file stopped (it
+            // may not have read the end of the last run yet), else from the
+            // end as it is now, before the program can write more.
+            use std::os::unix::fs::MetadataExt;
+            let (ino, len) = std::fs::metadata(&path).map_or((0, 0), |m| (m.ino(), m.len()));
+            let mut start = len;
+            for f in self.lock().files.iter_mut().flatten() {
+                if f.path == path {
+                    if let Some((i, at)) = f.followed_to {
+                        if i == ino && at <= len {
+                            start = at;
+                        }
+                    }
+                    f.older_end.get_or_insert(start);
+                }
+            }
+            let task = tokio::spawn(follow_file(self.clone(), stream, path, start));
+            handles.push(task.abort_handle());
+        }
+        let old = std::mem::replace(&mut self.lock().followers, handles);
+        for h in old {
+            h.abort();
+        }
+    }
+
+    /// Stops following (the program is forgotten).
+    pub fn stop_following(&self) {
+        for h in std::mem::take(&mut self.lock().followers) {
+            h.abort();
+        }
+    }
+
+    /// The last `n` lines of `streams` (both when `None`): from the ring,
+    /// and, when it holds fewer and has lost none, older ones from the log
+    /// file(s) before them.
+    pub fn tail(&self, n: usize, only: Option<Stream>) -> Vec<LogLine> {
+        let inner = self.lock();
+        let wanted = |l: &LogLine| only.is_none_or(|s| s == l.stream);
+        let mut from_ring: Vec<LogLine> = inner
+            .ring
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| wanted(l))
+            .take(n)
+            .cloned()
+            .collect();
+        from_ring.reverse();
+        if from_ring.len() >= n || inner.ring.evicted {
+            return from_ring;
+        }
+        let missing = n - from_ring.len();
+        let mut older = Vec::new();
+        for (i, f) in inner.files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let stream = if i == 0 && inner.files[1].is_some() {
+                Stream::Stdout
+            } else if i == 1 {
+                Stream::Stderr
+            } else {
+                // One merged file: its lines are both.
+                Stream::Stdout
+            };
+            if only.is_some_and(|s| s != stream) && inner.files[1].is_some() {
+                continue;
+            }
+            // Only what came before the ring began: the rest it holds.
+            let end = f
+                .older_end
+                .unwrap_or_else(|| std::fs::metadata(&f.path).map_or(0, |m| m.len()));
+            for line in tail_lines(&f.path, missing, end) {
+                older.push(LogLine {
+                    name: self.name.clone(),
+                    stream,
+                    line: String::from_utf8_lossy(&line).into_owned(),
+                    time: None,
+                    newline: true,
+                });
+            }
+        }
+        let skip = older.len().saturating_sub(missing);
+        older.drain(..skip);
+        older.extend(from_ring);
+        older
+    }
+}
+
+/// The last `n` lines of the file at `path` before offset `end` (reads at
+/// most 4 MiB before it).
+fn tail_lines(path: &Path, n: usize, end: u64) -> Vec<Vec<u8>> {
+    if n == 0 || end == 0 {
+        return Vec::new();
+    }
+    let Ok(mut file) = File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0).min(end);
+    let start = len.saturating_sub(4 * 1024 * 1024);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if (&mut file).take(len - start).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    let mut lines: Vec<Vec<u8>> = buf
+        .rsplit(|&b| b == b'\n')
+        .take(n)
+        .map(<[u8]>::to_vec)
+        .collect();
+    lines.reverse();
+    lines
+}
+
+/// Sends one line to journald's native socket, without blocking. `false`
+/// when it could not be sent.
+fn journal_send(
+    sock: &mut Option<std::os::unix::net::UnixDatagram>,
+    name: &str,
+    stream: Stream,
+    line: &[u8],
+) -> bool {
+    const JOURNAL: &str = "/run/systemd/journal/socket";
+    if sock.is_none() {
+        let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+            return false;
+        };
+        if s.set_nonblocking(true).is_err() {
+            return false;
+        }
+        *sock = Some(s);
+    }
+    let priority = match stream {
+        Stream::Stdout => 6,
+        Stream::Stderr => 3,
+    };
+    let mut msg = format!("SYSLOG_IDENTIFIER={name}\nPRIORITY={priority}\n").into_bytes();
+    // The binary form of a field: its name, a newline, a 64-bit little
+    // endian length, the value, a newline (a value may hold any byte).
+    msg.extend_from_slice(b"MESSAGE\n");
+    msg.extend_from_slice(&(line.len() as u64).to_le_bytes());
+    msg.extend_from_slice(line);
+    msg.push(b'\n');
+    sock.as_ref()
+        .is_some_and(|s| s.send_to(&msg, JOURNAL).is_ok())
+}
+
+/// Opens `path` for appending (created 0640 if missing), close-on-exec.
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Rotates a file that a program appends to itself: the numbered backups
+/// move up, the file is copied to `.1`, then truncated to zero (the
+/// program's `O_APPEND` writes go on at the new end). Lines written between
+/// the copy and the truncation are lost: the `copytruncate` trade-off.
+fn copy_truncate(path: &Path, backups: u32) -> io::Result<()> {
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    };
+    if backups > 0 {
+        let _ = std::fs::remove_file(numbered(backups));
+        for n in (1..backups).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::copy(path, numbered(1))?;
+    }
+    OpenOptions::new().write(true).open(path)?.set_len(0)
+}
+
+/// Follows a log file that the program writes itself: woken by inotify
+/// (`IN_MODIFY`; no polling), reads what was appended since, and hands the
+/// lines to the ring and followers (not to the file again). Rotates the
+/// file by copy and truncate once it passes `log_max_bytes`.
+async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, start: u64) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::unix::fs::FileExt;
+    let setup = (|| -> io::Result<(tokio::io::unix::AsyncFd<OwnedFd>, File)> {
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        ino.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open
+        // and names the same inotify instance for the AsyncFd's whole life.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                OwnedFd::from(ino),
+                tokio::io::Interest::READABLE,
+            )
+        }?;
+        let file = File::open(&path)?;
+        Ok((fd, file))
+    })();
+    let (ino, file) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file; logs -f will not show its new lines");
+            return;
+        }
+    };
+    let mut offset = start;
+    let mut partial: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut events = [0u8; 4096];
+    // The first pass reads what was written between `start` and the watch.
+    let mut first = true;
+    loop {
+        if !first {
+            let Ok(mut guard) = ino.readable().await else {
+                return;
+            };
+            // Empty the event queue; the events only say "more to read".
+            loop {
+                match nix::unistd::read(ino.get_ref(), &mut events) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            guard.clear_ready();
+        }
+        first = false;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            // Truncated (by logrotate's copytruncate, say).
+            offset = 0;
+            partial.clear();
+            let mut inner = out.lock();
+            for f in inner.files.iter_mut().flatten() {
+                if f.path == path {
+                    f.older_end = Some(0);
+                }
+            }
+        }
+        while offset < len {
+            let n = match file.read_at(&mut buf, offset) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            offset += n as u64;
+            {
+                use std::os::unix::fs::MetadataExt;
+                let ino = file.metadata().map_or(0, |m| m.ino());
+                for f in out.lock().files.iter_mut().flatten() {
+                    if f.path == path {
+                        f.followed_to = Some((ino, offset));
+                    }
+                }
+            }
+            let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    batch.push((std::mem::take(&mut partial), true));
+                } else {
+                    partial.push(b);
+                    if partial.len() >= MAX_LINE_BYTES {
+                        batch.push((std::mem::take(&mut partial), false));
+                    }
+                }
+            }
+            let refs: Vec<(&[u8], bool)> =
+                batch.iter().map(|(l, nl)| (l.as_slice(), *nl)).collect();
+            out.take_lines(stream, &refs, false);
+            tokio::task::yield_now().await;
+        }
+        let (max, backups) = {
+            let inner = out.lock();
+            (inner.cfg.max_bytes, inner.cfg.backups)
+        };
+        if offset > max {
+            if let Err(e) = copy_truncate(&path, backups) {
+                tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot rotate the log file");
+            } else {
+                offset = 0;
+                partial.clear();
+                let mut inner = out.lock();
+                for f in inner.files.iter_mut().flatten() {
+                    if f.path == path {
+                        f.older_end = Some(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Drains one pipe of run `run` until end of file: splits it into lines
+/// (pieces of at most [`MAX_LINE_BYTES`]) and hands each to `out`.
+pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u64) {
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(program = %out.name, error = %e, "cannot register an output pipe");
+            out.pipe_closed(run);
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::warn!(program = %out.name, error = %e, "reading output failed");
+                break;
+            }
+        };
+        let mut data = &buf[..n];
+        // A line begun in an earlier read, completed (or cut) in this one.
+        let mut first: Option<(Vec<u8>, bool)> = None;
+        if !partial.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) if partial.len() + pos <= MAX_LINE_BYTES => {
+                    partial.extend_from_slice(&data[..pos]);
+                    first = Some((std::mem::take(&mut partial), true));
+                    data = &data[pos + 1..];
+                }
+                _ => {
+                    let take = (MAX_LINE_BYTES - partial.len()).min(data.len());
+                    partial.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if partial.len() >= MAX_LINE_BYTES {
+                        first = Some((std::mem::take(&mut partial), false));
+                    }
+                }
+            }
+        }
+        let mut batch: Vec<(&[u8], bool)> = Vec::new();
+        if let Some((line, newline)) = &first {
+            batch.push((line, *newline));
+        }
+        while !data.is_empty() {
+            match data.iter().position(|&b| b == b'\n') {
+                Some(pos) if pos <= MAX_LINE_BYTES => {
+                    batch.push((&data[..pos], true));
+                    data = &data[pos + 1..];
+                }
+                _ if data.len() >= MAX_LINE_BYTES => {
+                    batch.push((&data[..MAX_LINE_BYTES], false));
+                    data = &data[MAX_LINE_BYTES..];
+                }
+                _ => {
+                    partial.extend_from_slice(data);
+                    data = &[];
+                }
+            }
+        }
+        out.lines(stream, &batch);
+        // Let the other tasks (the supervisor, control connections) run
+        // between chunks, however fast the program writes.
+        tokio::task::yield_now().await;
+    }
+    if !partial.is_empty() {
+        out.lines(stream, &[(&partial, false)]);
+    }
+    out.pipe_closed(run);
+}
+
+/// The folder for log files: `configured`, else `$LOGS_DIRECTORY`
+/// (systemd's `LogsDirectory=`), else `logs` in `state_dir`.
+pub fn log_dir(configured: Option<&Path>, state_dir: &Path) -> PathBuf {
+    if let Some(dir) = configured {
+        return dir.to_path_buf();
+    }
+    if let Some(dirs) = std::env::var_os("LOGS_DIRECTORY") {
+        if let Some(first) = dirs.to_string_lossy().split(':').find(|d| !d.is_empty()) {
+            return PathBuf::from(first);
+        }
+    }
+    state_dir.join("logs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> LogLine {
+        LogLine {
+            name: "p".into(),
+            stream: Stream::Stdout,
+            line: s.into(),
+            time: None,
+            newline: true,
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_lines_within_its_bounds() {
+        let mut ring = Ring::default();
+        for i in 0..1500 {
+            ring.push(line(&i.to_string()));
+        }
+        assert_eq!(ring.lines.len(), RING_LINES);
+        assert_eq!(ring.lines.back().unwrap().line, "1499");
+        assert!(ring.evicted);
+        let big = "x".repeat(60 * 1024);
+        for _ in 0..10 {
+            ring.push(line(&big));
+        }
+        assert!(ring.bytes <= RING_BYTES);
+        assert_eq!(ring.lines.len(), 4);
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = LogFile::new(dir.path().join("p.out.log"));
+        for _ in 0..100 {
+            f.append(b"0123456789\n", 50, 2).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["p.out.log", "p.out.log.1", "p.out.log.2"]);
+        for n in &names {
+            assert!(std::fs::metadata(dir.path().join(n)).unwrap().len() <= 50);
+        }
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        use crate::config::parse_size;
+        assert_eq!(parse_size("10MiB"), Ok(10 * 1024 * 1024));
+        assert_eq!(parse_size("500KB"), Ok(500_000));
+        assert_eq!(parse_size("42"), Ok(42));
+        assert!(parse_size("10 parsecs").is_err());
+    }
+}
