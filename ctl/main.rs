@@ -586,24 +586,30 @@ fn print_json<T: serde::Serialize>(v: &T) {
 }
 
 fn status(client: &mut Client, names: &[String], json_out: bool) -> Result<u8, Failure> {
-    let result = match client.call("status", json!({ "names": names })) {
-        Ok(v) => v,
-        Err(ClientError::Rpc(e)) if e.kind() == ErrorKind::NotFound => {
-            return Err(Failure::Message(e.message, 4));
-        }
-        Err(e) => return Err(e.into()),
+    let params = json!({ "names": names });
+    let not_found = |e: ClientError| match e {
+        ClientError::Rpc(e) if e.kind() == ErrorKind::NotFound => Failure::Message(e.message, 4),
+        e => e.into(),
     };
-    let status: StatusResult = decode(result)?;
     if json_out {
-        print_json(&status.programs);
-    } else {
-        let colour = colour_enabled(
-            io::stdout().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-            std::env::var_os("TERM").as_deref(),
-        );
-        out(&status_table(&status.programs, colour));
+        // Printed as the daemon sent it, so a field added to the daemon
+        // shows up without a new supctl.
+        let v = client.call("status", params).map_err(not_found)?;
+        let programs = v.get("programs").cloned().unwrap_or(Value::Null);
+        print_json(&programs);
+        let all_running = programs.as_array().is_some_and(|rows| {
+            rows.iter()
+                .all(|r| r.get("state").and_then(Value::as_str) == Some("running"))
+        });
+        return Ok(if all_running { 0 } else { 3 });
     }
+    let status: StatusResult = client.call_typed("status", params).map_err(not_found)?;
+    let colour = colour_enabled(
+        io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
+    out(&status_table(&status.programs, colour));
     let all_running = status.programs.iter().all(|p| p.state == State::Running);
     Ok(if all_running { 0 } else { 3 })
 }

@@ -6,10 +6,12 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::protocol::{MAX_LINE, Notification, Request, Response, RpcError, WaitResult};
+use crate::protocol::{MAX_LINE, Notification, Request, RpcError, WaitResult};
 
 /// The socket used when none is given: `$XDG_RUNTIME_DIR/supd.sock` for a
 /// user, `/run/supd/supd.sock` for root (the `RuntimeDirectory=` of the
@@ -68,6 +70,22 @@ pub enum ClientError {
     Rpc(RpcError),
 }
 
+/// Any message from the daemon: an answer (`id`, `result` or `error`) or a
+/// notification (`method`, `params`), read in one pass.
+#[derive(Debug, Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
 /// A connection to `supd`.
 #[derive(Debug)]
 pub struct Client {
@@ -111,8 +129,34 @@ impl Client {
         &mut self,
         method: &str,
         params: impl Serialize,
-        mut on_notification: impl FnMut(Notification),
+        on_notification: impl FnMut(Notification),
     ) -> Result<Value, ClientError> {
+        let raw = self.call_raw(method, params, on_notification)?;
+        serde_json::from_str(raw.get()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Like [`Client::call`], decoding the result straight from its text
+    /// into `T` (no intermediate `Value`: a status of 1,000 programs is
+    /// parsed once).
+    ///
+    /// # Errors
+    /// As [`Client::call`]; a result that is not a `T` is a protocol error.
+    pub fn call_typed<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: impl Serialize,
+    ) -> Result<T, ClientError> {
+        let raw = self.call_raw(method, params, |_| {})?;
+        serde_json::from_str(raw.get()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends a request and returns its result as JSON text.
+    fn call_raw(
+        &mut self,
+        method: &str,
+        params: impl Serialize,
+        mut on_notification: impl FnMut(Notification),
+    ) -> Result<Box<RawValue>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = Request::new(id, method, params);
@@ -124,20 +168,21 @@ impl Client {
             let Some(line) = self.read_line()? else {
                 return Err(ClientError::Closed);
             };
-            let value: Value =
+            let incoming: Incoming =
                 serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if value.get("id").is_none() && value.get("method").is_some() {
-                if let Ok(n) = serde_json::from_value::<Notification>(value) {
-                    on_notification(n);
+            if incoming.id.is_none() {
+                if let Some(method) = incoming.method {
+                    on_notification(Notification {
+                        jsonrpc: "2.0".into(),
+                        method,
+                        params: incoming.params.unwrap_or(Value::Null),
+                    });
+                    continue;
                 }
-                continue;
             }
-            let response: Response =
-                serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            return match (response.result, response.error) {
+            return match (incoming.result, incoming.error) {
                 (_, Some(error)) => Err(ClientError::Rpc(error)),
-                (Some(result), None) => serde_json::from_str(result.get())
-                    .map_err(|e| ClientError::Protocol(e.to_string())),
+                (Some(result), None) => Ok(result),
                 (None, None) => Err(ClientError::Protocol(
                     "an answer with neither result nor error".into(),
                 )),

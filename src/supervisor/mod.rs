@@ -1324,8 +1324,15 @@ impl Supervisor {
                     Action::ArmStopTimer => p.arm_timer(p.cfg.stop_timeout, &self.tx),
                     Action::ArmRetry { step } => {
                         let delay = backoff_delay(&p.cfg, step, jitter);
-                        p.arm_timer(delay, &self.tx);
-                        p.retry_at = Some(Instant::now() + delay);
+                        if delay.is_zero() && !self.shutting_down {
+                            // No timer for no delay: a timer still sleeps a
+                            // whole tick (1 ms) of tokio's clock.
+                            p.cancel_timer();
+                            queue.push_back(Input::Retry);
+                        } else {
+                            p.arm_timer(delay, &self.tx);
+                            p.retry_at = Some(Instant::now() + delay);
+                        }
                     }
                     Action::CancelTimer => p.cancel_timer(),
                     Action::SendStopSignal | Action::SendKill => {
