@@ -519,6 +519,80 @@ impl ProgramOutput {
         }
     }
 
+    /// The fast path for a flood of plain lines: when the output goes to a
+    /// log file without timestamps, nobody follows it and no rotation is
+    /// due, `body` (whole lines, each with its newline, none longer than
+    /// [`MAX_LINE_BYTES`]) is written as it came, in one write, and only its
+    /// last lines, those the ring can keep, are cut out. `first` is a line
+    /// begun in an earlier read. Returns `false`, having done nothing, when
+    /// the path does not apply: then the caller goes line by line.
+    fn plain_chunk(&self, stream: Stream, first: Option<&[u8]>, body: &[u8]) -> bool {
+        // A line longer than MAX_LINE_BYTES holds a whole aligned window of
+        // half that size with no newline: a few memchr calls find it (and
+        // may send a line of between half and all of the limit the slow
+        // way, which is only slower).
+        let half = MAX_LINE_BYTES / 2;
+        let long_line = body
+            .chunks(half)
+            .any(|w| w.len() == half && memchr::memchr(b'\n', w).is_none());
+        if body.last() != Some(&b'\n') || long_line || self.tx.receiver_count() > 0 {
+            return false;
+        }
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        if inner.cfg.mode != OutputMode::Log || inner.cfg.timestamps {
+            return false;
+        }
+        let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
+        let idx = if inner.files[1].is_some() {
+            stream.index()
+        } else {
+            0
+        };
+        let Some(f) = inner.files[idx].as_mut() else {
+            return false;
+        };
+        let total = (body.len() + first.map_or(0, |l| l.len() + 1)) as u64;
+        if f.size + total > max {
+            return false;
+        }
+        if let Some(line) = first {
+            let mut buf = Vec::with_capacity(line.len() + 1);
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+            self.flush(f, &buf, max, backups);
+        }
+        self.flush(f, body, max, backups);
+        // The ring: the last lines of the body (and `first` if room is left).
+        let time = now();
+        let mut tail: Vec<&[u8]> = Vec::new();
+        // `end` is the index of a line's newline; `body` ends with one.
+        let mut end = body.len() - 1;
+        while tail.len() < RING_LINES {
+            let start = memchr::memrchr(b'\n', &body[..end]).map_or(0, |p| p + 1);
+            tail.push(&body[start..end]);
+            if start == 0 {
+                break;
+            }
+            end = start - 1;
+        }
+        if tail.len() < RING_LINES {
+            if let Some(line) = first {
+                tail.push(line);
+            }
+        }
+        for line in tail.into_iter().rev() {
+            inner.ring.push(LogLine {
+                name: self.name.clone(),
+                stream,
+                line: String::from_utf8_lossy(line).into_owned(),
+                time: Some(time.clone()),
+                newline: true,
+            });
+        }
+        true
+    }
+
     /// Appends `buf` (whole lines) to `f`, counting it as dropped
     /// when the write fails.
     fn flush(&self, f: &mut LogFile, buf: &[u8], max: u64, backups: u32) {
@@ -766,7 +840,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 /// move up, the file is copied to `.1`, then truncated to zero (the
 /// program's `O_APPEND` writes go on at the new end). Lines written between
 /// the copy and the truncation are lost: the `copytruncate` trade-off.
-fn copy_truncate(path: &Path, backups: u32) -> io::Result<()> {
+fn copy_truncate(path: &Path, backups: u32, max: u64) -> io::Result<()> {
     let numbered = |n: u32| {
         let mut p = path.as_os_str().to_owned();
         p.push(format!(".{n}"));
@@ -777,7 +851,13 @@ fn copy_truncate(path: &Path, backups: u32) -> io::Result<()> {
         for n in (1..backups).rev() {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
-        std::fs::copy(path, numbered(1))?;
+        // Only the last `max` bytes: a file a flood has taken far past the
+        // limit is not copied whole (that would hold up supd's one thread).
+        let mut src = File::open(path)?;
+        let len = src.metadata()?.len();
+        io::Seek::seek(&mut src, io::SeekFrom::Start(len.saturating_sub(max)))?;
+        let mut dst = File::create(numbered(1))?;
+        io::copy(&mut io::Read::take(src, max), &mut dst)?;
     }
     OpenOptions::new().write(true).open(path)?.set_len(0)
 }
@@ -879,7 +959,7 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
             (inner.cfg.max_bytes, inner.cfg.backups)
         };
         if offset > max {
-            if let Err(e) = copy_truncate(&path, backups) {
+            if let Err(e) = copy_truncate(&path, backups, max) {
                 tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot rotate the log file");
             } else {
                 offset = 0;
@@ -906,6 +986,7 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
             return;
         }
     };
+    // As large as a pipe's buffer: one read takes what a flood left.
     let mut buf = vec![0u8; 64 * 1024];
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -918,55 +999,75 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
                 break;
             }
         };
-        let mut data = &buf[..n];
-        // A line begun in an earlier read, completed (or cut) in this one.
-        let mut first: Option<(Vec<u8>, bool)> = None;
-        if !partial.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
-                Some(pos) if partial.len() + pos <= MAX_LINE_BYTES => {
-                    partial.extend_from_slice(&data[..pos]);
-                    first = Some((std::mem::take(&mut partial), true));
-                    data = &data[pos + 1..];
-                }
-                _ => {
-                    let take = (MAX_LINE_BYTES - partial.len()).min(data.len());
-                    partial.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if partial.len() >= MAX_LINE_BYTES {
-                        first = Some((std::mem::take(&mut partial), false));
-                    }
+        let data = &buf[..n];
+        // A flood of plain lines: written as it came (see plain_chunk).
+        if partial.is_empty() {
+            let last_nl =
+                memchr::memrchr(b'\n', data).filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES);
+            if let Some(nl) = last_nl {
+                if out.plain_chunk(stream, None, &data[..=nl]) {
+                    partial.extend_from_slice(&data[nl + 1..]);
+                    tokio::task::yield_now().await;
+                    continue;
                 }
             }
         }
-        let mut batch: Vec<(&[u8], bool)> = Vec::new();
-        if let Some((line, newline)) = &first {
-            batch.push((line, *newline));
-        }
-        while !data.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
-                Some(pos) if pos <= MAX_LINE_BYTES => {
-                    batch.push((&data[..pos], true));
-                    data = &data[pos + 1..];
-                }
-                _ if data.len() >= MAX_LINE_BYTES => {
-                    batch.push((&data[..MAX_LINE_BYTES], false));
-                    data = &data[MAX_LINE_BYTES..];
-                }
-                _ => {
-                    partial.extend_from_slice(data);
-                    data = &[];
-                }
-            }
-        }
-        out.lines(stream, &batch);
-        // Let the other tasks (the supervisor, control connections) run
-        // between chunks, however fast the program writes.
+        // Else line by line; then the other tasks (the supervisor, control
+        // connections) run before the next read, however fast the program
+        // writes.
+        cut_lines(&out, stream, &mut partial, data);
         tokio::task::yield_now().await;
     }
     if !partial.is_empty() {
         out.lines(stream, &[(&partial, false)]);
     }
     out.pipe_closed(run);
+}
+
+/// Cuts `data` into lines (completing the one begun in `partial`, keeping
+/// an unfinished one there) and hands them to `out`.
+fn cut_lines(out: &ProgramOutput, stream: Stream, partial: &mut Vec<u8>, data: &[u8]) {
+    let mut data = data;
+    // A line begun in an earlier read, completed (or cut) in this one.
+    let mut first: Option<(Vec<u8>, bool)> = None;
+    if !partial.is_empty() {
+        match memchr::memchr(b'\n', data) {
+            Some(pos) if partial.len() + pos <= MAX_LINE_BYTES => {
+                partial.extend_from_slice(&data[..pos]);
+                first = Some((std::mem::take(partial), true));
+                data = &data[pos + 1..];
+            }
+            _ => {
+                let take = MAX_LINE_BYTES.saturating_sub(partial.len()).min(data.len());
+                partial.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                if partial.len() >= MAX_LINE_BYTES {
+                    first = Some((std::mem::take(partial), false));
+                }
+            }
+        }
+    }
+    let mut batch: Vec<(&[u8], bool)> = Vec::new();
+    if let Some((line, newline)) = &first {
+        batch.push((line, *newline));
+    }
+    while !data.is_empty() {
+        match memchr::memchr(b'\n', data) {
+            Some(pos) if pos <= MAX_LINE_BYTES => {
+                batch.push((&data[..pos], true));
+                data = &data[pos + 1..];
+            }
+            _ if data.len() >= MAX_LINE_BYTES => {
+                batch.push((&data[..MAX_LINE_BYTES], false));
+                data = &data[MAX_LINE_BYTES..];
+            }
+            _ => {
+                partial.extend_from_slice(data);
+                data = &[];
+            }
+        }
+    }
+    out.lines(stream, &batch);
 }
 
 /// The folder for log files: `configured`, else `$LOGS_DIRECTORY`

@@ -197,7 +197,7 @@ pub async fn serve(
         if !allowed.contains(&uid) {
             tracing::warn!(uid, "connection refused: uid not allowed");
             refuse(
-                &stream,
+                stream,
                 RpcError::new(
                     ErrorKind::PermissionDenied,
                     format!(
@@ -209,7 +209,7 @@ pub async fn serve(
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refuse(
-                &stream,
+                stream,
                 RpcError::new(
                     ErrorKind::Internal,
                     format!("too many connections (at most {MAX_CONNECTIONS}); try again"),
@@ -238,14 +238,28 @@ pub async fn serve(
     }
 }
 
-/// Writes one error line without waiting (the socket buffer of a fresh
-/// connection has room), then drops the connection.
-fn refuse(stream: &UnixStream, error: RpcError) {
+/// Answers a refused connection with one error line, then closes it. The
+/// client's request is read and dropped first (for at most a second), so
+/// the close is an orderly end of stream rather than a reset that could
+/// discard the answer. A short-lived task, not counted against the cap.
+fn refuse(stream: UnixStream, error: RpcError) {
     let response = Response::err(Value::Null, error);
-    if let Ok(mut bytes) = serde_json::to_vec(&response) {
-        bytes.push(b'\n');
-        let _ = stream.try_write(&bytes);
-    }
+    let Ok(mut bytes) = serde_json::to_vec(&response) else {
+        return;
+    };
+    bytes.push(b'\n');
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&bytes).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        })
+        .await;
+    });
 }
 
 /// What follows an answer on the same connection.
