@@ -53,7 +53,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 
 use crate::config::{OutputConfig, OutputMode};
@@ -264,7 +263,10 @@ pub struct ProgramOutput {
     name: String,
     dir: PathBuf,
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<OutputEvent>,
+    /// Made on the first `subscribe`: a channel holds [`FOLLOW_QUEUE`]
+    /// slots from the start, too much to keep for every program nobody
+    /// follows.
+    tx: std::sync::OnceLock<broadcast::Sender<OutputEvent>>,
     dropped: AtomicU64,
 }
 
@@ -275,7 +277,7 @@ fn now() -> String {
 impl ProgramOutput {
     /// The output of program `name`, logged into `dir` as `cfg` says.
     pub fn new(name: &str, dir: &Path, cfg: &OutputConfig, direct: bool) -> Arc<ProgramOutput> {
-        let (tx, _) = broadcast::channel(FOLLOW_QUEUE);
+        let tx = std::sync::OnceLock::new();
         let out = ProgramOutput {
             name: name.to_string(),
             dir: dir.to_path_buf(),
@@ -337,7 +339,21 @@ impl ProgramOutput {
 
     /// A receiver of every line (and run end) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<OutputEvent> {
-        self.tx.subscribe()
+        self.tx
+            .get_or_init(|| broadcast::channel(FOLLOW_QUEUE).0)
+            .subscribe()
+    }
+
+    /// Sends to the followers, if anyone ever followed.
+    fn publish(&self, event: OutputEvent) {
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// How many follow now.
+    fn followers(&self) -> usize {
+        self.tx.get().map_or(0, broadcast::Sender::receiver_count)
     }
 
     /// Closes every log file; each is opened again (created if it was
@@ -384,7 +400,7 @@ impl ProgramOutput {
         let end = format!("--- supd: exited pid {pid} returncode {rc} ---");
         if inner.open_pipes == 0 {
             self.marker(&mut inner, &end);
-            let _ = self.tx.send(OutputEvent::Ended { pid });
+            self.publish(OutputEvent::Ended { pid });
         } else {
             inner.pending_end = Some(end);
         }
@@ -400,7 +416,7 @@ impl ProgramOutput {
         if inner.open_pipes == 0 {
             if let Some(end) = inner.pending_end.take() {
                 self.marker(&mut inner, &end);
-                let _ = self.tx.send(OutputEvent::Ended { pid: inner.run_pid });
+                self.publish(OutputEvent::Ended { pid: inner.run_pid });
             }
         }
     }
@@ -449,7 +465,7 @@ impl ProgramOutput {
         let time = now();
         // Without followers only the last lines can end up in the ring:
         // the others go to the file and nowhere else.
-        let followed = self.tx.receiver_count() > 0;
+        let followed = self.followers() > 0;
         let first = if followed {
             0
         } else {
@@ -510,7 +526,7 @@ impl ProgramOutput {
                 inner.ring.push(entry.clone());
             }
             for entry in entries {
-                let _ = self.tx.send(OutputEvent::Line(entry));
+                self.publish(OutputEvent::Line(entry));
             }
         } else {
             for entry in entries {
@@ -535,7 +551,7 @@ impl ProgramOutput {
         let long_line = body
             .chunks(half)
             .any(|w| w.len() == half && memchr::memchr(b'\n', w).is_none());
-        if body.last() != Some(&b'\n') || long_line || self.tx.receiver_count() > 0 {
+        if body.last() != Some(&b'\n') || long_line || self.followers() > 0 {
             return false;
         }
         let mut inner = self.lock();
@@ -892,7 +908,6 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
     };
     let mut offset = start;
     let mut partial: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
     let mut events = [0u8; 4096];
     // The first pass reads what was written between `start` and the watch.
     let mut first = true;
@@ -923,6 +938,13 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
                 }
             }
         }
+        // Allocated while there is something to read, not for the life of
+        // every quiet program.
+        let mut buf = if offset < len {
+            vec![0u8; 64 * 1024]
+        } else {
+            Vec::new()
+        };
         while offset < len {
             let n = match file.read_at(&mut buf, offset) {
                 Ok(0) | Err(_) => break,
@@ -978,7 +1000,7 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
 /// Drains one pipe of run `run` until end of file: splits it into lines
 /// (pieces of at most [`MAX_LINE_BYTES`]) and hands each to `out`.
 pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u64) {
-    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(program = %out.name, error = %e, "cannot register an output pipe");
@@ -986,14 +1008,26 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
             return;
         }
     };
-    // As large as a pipe's buffer: one read takes what a flood left.
-    let mut buf = vec![0u8; 64 * 1024];
     let mut partial: Vec<u8> = Vec::new();
     loop {
-        let n = match pipe.read(&mut buf).await {
+        if let Err(e) = pipe.readable().await {
+            tracing::warn!(program = %out.name, error = %e, "reading output failed");
+            break;
+        }
+        // As large as a pipe's buffer, and only while there is output: a
+        // quiet program costs no buffer.
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = match pipe.try_read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(program = %out.name, error = %e, "reading output failed");
                 break;
