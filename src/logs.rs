@@ -270,6 +270,23 @@ pub struct ProgramOutput {
     dropped: AtomicU64,
 }
 
+/// The log files a program writes itself, with their streams.
+fn direct_paths(inner: &Inner) -> Vec<(Stream, PathBuf)> {
+    inner
+        .files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let stream = if i == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            f.as_ref().map(|f| (stream, f.path.clone()))
+        })
+        .collect()
+}
+
 fn now() -> String {
     crate::supervisor::rfc3339(SystemTime::now())
 }
@@ -633,19 +650,7 @@ impl ProgramOutput {
             if !inner.direct {
                 return None;
             }
-            inner
-                .files
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| {
-                    let stream = if i == 0 {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
-                    };
-                    f.as_ref().map(|f| (stream, f.path.clone()))
-                })
-                .collect()
+            direct_paths(&inner)
         };
         let opened = (|| {
             let out = open_append(&paths[0].1)?;
@@ -669,19 +674,7 @@ impl ProgramOutput {
             if !inner.direct {
                 return;
             }
-            inner
-                .files
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| {
-                    let stream = if i == 0 {
-                        Stream::Stdout
-                    } else {
-                        Stream::Stderr
-                    };
-                    f.as_ref().map(|f| (stream, f.path.clone()))
-                })
-                .collect()
+            direct_paths(&inner)
         };
         self.follow(paths);
     }

@@ -795,6 +795,19 @@ struct RunParams {
     timeout: Option<f64>,
 }
 
+/// A `timeout` param in seconds: absent for none; NaN, negative or huge
+/// ones are `invalid_params`.
+fn timeout_param(method: &str, secs: Option<f64>) -> Result<Option<Duration>, RpcError> {
+    match secs {
+        None => Ok(None),
+        Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(RpcError::new(
+            ErrorKind::InvalidParams,
+            format!("invalid params for {method}: timeout {t} must be seconds from 0 up"),
+        )),
+    }
+}
+
 fn params<T: DeserializeOwned + Default>(
     method: &str,
     params: Option<Value>,
@@ -836,18 +849,7 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
         }
         "wait" => {
             let wp: WaitParams = required(method, p)?;
-            let timeout = match wp.timeout {
-                None => None,
-                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => {
-                    Some(Duration::from_secs_f64(t))
-                }
-                Some(t) => {
-                    return Err(RpcError::new(
-                        ErrorKind::InvalidParams,
-                        format!("invalid params for wait: timeout {t} must be seconds from 0 up"),
-                    ));
-                }
-            };
+            let timeout = timeout_param("wait", wp.timeout)?;
             let ticket = handle.wait(wp.name.clone()).await?;
             let (pid, running) = match &ticket {
                 WaitTicket::Done(r) => (r.pid, false),
@@ -890,18 +892,7 @@ async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Rep
         }
         "run" => {
             let rp: RunParams = required(method, p)?;
-            let timeout = match rp.timeout {
-                None => None,
-                Some(t) if t.is_finite() && (0.0..1e9).contains(&t) => {
-                    Some(Duration::from_secs_f64(t))
-                }
-                Some(t) => {
-                    return Err(RpcError::new(
-                        ErrorKind::InvalidParams,
-                        format!("invalid params for run: timeout {t} must be seconds from 0 up"),
-                    ));
-                }
-            };
+            let timeout = timeout_param("run", rp.timeout)?;
             let started = handle
                 .run(RunSpec {
                     command: rp.command,

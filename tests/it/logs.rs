@@ -290,8 +290,10 @@ fn a_program_flooding_output_does_not_slow_status() {
         client.call("status", json!({})).expect("status");
         slowest = slowest.max(t.elapsed());
     }
+    // A blocked daemon would take seconds; 500 ms leaves room for a debug
+    // build on a 2-core machine running the rest of the suite.
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_millis(500),
         "a status took {slowest:?}"
     );
     assert_eq!(supd.status("flood").state.as_str(), "running");
