@@ -735,18 +735,11 @@ fn assert_clean_child(pid: u32, ignore_mask: u64) {
         0,
         "pid {pid}: ignored signals {ignored:#x}"
     );
-    let end = Instant::now() + Duration::from_secs(3);
-    loop {
-        let fds = fds_of(pid);
-        if fds.as_deref() == Some(&[0, 1, 2][..]) {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "pid {pid}: open fds {fds:?}, expected [0, 1, 2]"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(
+        &format!("pid {pid} to have only fds 0, 1 and 2"),
+        Duration::from_secs(3),
+        || (fds_of(pid).as_deref() == Some(&[0, 1, 2][..])).then_some(()),
+    );
 }
 
 #[test]
