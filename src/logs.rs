@@ -361,6 +361,17 @@ impl ProgramOutput {
             .subscribe()
     }
 
+    /// A followed file at `path` starts again from empty (truncated by an
+    /// outside copy-truncate, or by supd's own rotation): nothing older in
+    /// it is left to read back.
+    fn file_restarted(&self, path: &Path) {
+        for f in self.lock().files.iter_mut().flatten() {
+            if f.path == path {
+                f.older_end = Some(0);
+            }
+        }
+    }
+
     /// Sends to the followers, if anyone ever followed.
     fn publish(&self, event: OutputEvent) {
         if let Some(tx) = self.tx.get() {
@@ -924,12 +935,7 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
             // Truncated (by logrotate's copytruncate, say).
             offset = 0;
             partial.clear();
-            let mut inner = out.lock();
-            for f in inner.files.iter_mut().flatten() {
-                if f.path == path {
-                    f.older_end = Some(0);
-                }
-            }
+            out.file_restarted(&path);
         }
         // Allocated while there is something to read, not for the life of
         // every quiet program.
@@ -979,12 +985,7 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
             } else {
                 offset = 0;
                 partial.clear();
-                let mut inner = out.lock();
-                for f in inner.files.iter_mut().flatten() {
-                    if f.path == path {
-                        f.older_end = Some(0);
-                    }
-                }
+                out.file_restarted(&path);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! to the process goes through.
 //!
 //! A child is made with `std::process::Command` and a `pre_exec` hook (never
-//! `tokio::process`, which reaps its own children behind the reaper's back).
+//! tokio's own `Command`, which reaps its own children behind the reaper's back).
 //! std reports a failed `chdir` or `exec` through a close-on-exec pipe, so a
 //! missing binary comes back here as an errno, not as an instant exit.
 //!
