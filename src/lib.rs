@@ -14,7 +14,7 @@
 //! - [`logs`] keeps programs' output: one task per pipe drains it into log
 //!   files (rotated by size), a ring and a broadcast channel for `logs -f`
 //!   and `run`; a `daemon = false` program writes its own file, which
-//!   [`logs`] follows with inotify.
+//!   [`logs`] follows with inotify ([`watch`]: one instance for all).
 //! - [`client`] is the blocking client `supctl` and the tests use.
 //! - [`config`] turns TOML into a validated [`config::Config`].
 //! - [`observability`] sends supd's own logs to journald or stderr;
@@ -36,3 +36,4 @@ pub mod signals;
 pub mod spawn;
 pub mod state;
 pub mod supervisor;
+pub mod watch;

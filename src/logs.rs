@@ -27,7 +27,8 @@
 //! survive supd's death, so its stdout is not a pipe (whose only reader
 //! would die with supd and leave it to SIGPIPE) but its log file itself,
 //! opened for appending ([`ProgramOutput::files_for_child`]). supd follows
-//! that file with inotify (`follow_file`, no polling) to feed the ring and
+//! that file with inotify (`follow_file`, no polling; one instance for all
+//! of them, [`crate::watch`]) to feed the ring and
 //! followers, follows it again after adopting the program, and rotates it
 //! by copy and truncate. No timestamps or drop counting there: the file
 //! holds what the program wrote, between run markers.
@@ -887,47 +888,36 @@ fn copy_truncate(path: &Path, backups: u32, max: u64) -> io::Result<()> {
 /// lines to the ring and followers (not to the file again). Rotates the
 /// file by copy and truncate once it passes `log_max_bytes`.
 async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, start: u64) {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     use std::os::unix::fs::FileExt;
-    let setup = (|| -> io::Result<(tokio::io::unix::AsyncFd<OwnedFd>, File)> {
-        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        ino.add_watch(&path, AddWatchFlags::IN_MODIFY)?;
-        // SAFETY: the OwnedFd is moved into the AsyncFd, so it stays open
-        // and names the same inotify instance for the AsyncFd's whole life.
-        let fd = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                OwnedFd::from(ino),
-                tokio::io::Interest::READABLE,
-            )
-        }?;
-        let file = File::open(&path)?;
-        Ok((fd, file))
-    })();
-    let (ino, file) = match setup {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file; logs -f will not show its new lines");
-            return;
+    // Setting up fails when inotify is out of instances or watches, or
+    // supd out of descriptors: tried again, less and less often, since
+    // rotation depends on it.
+    let mut retry = std::time::Duration::from_secs(1);
+    let mut warned = false;
+    let (watch, file) = loop {
+        let setup = crate::watch::watch(&path).and_then(|w| Ok((w, File::open(&path)?)));
+        match setup {
+            Ok(s) => break s,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file (until then logs -f does not show its new lines and it is not rotated); trying again");
+                    warned = true;
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(std::time::Duration::from_secs(30));
+            }
         }
     };
+    if warned {
+        tracing::info!(program = %out.name, path = %path.display(), "following the log file again");
+    }
     let mut offset = start;
     let mut partial: Vec<u8> = Vec::new();
-    let mut events = [0u8; 4096];
     // The first pass reads what was written between `start` and the watch.
     let mut first = true;
     loop {
         if !first {
-            let Ok(mut guard) = ino.readable().await else {
-                return;
-            };
-            // Empty the event queue; the events only say "more to read".
-            loop {
-                match nix::unistd::read(ino.get_ref(), &mut events) {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-            guard.clear_ready();
+            watch.changed().await;
         }
         first = false;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);

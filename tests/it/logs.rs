@@ -134,8 +134,11 @@ fn logs_n_prints_the_last_n_lines() {
     let script =
         "i=1; while [ $i -le 50 ]; do echo n$i; i=$((i+1)); done; echo oops >&2; sleep 300";
     let supd = Supd::start(&prog("many", &["sh", "-c", script], PIPED));
-    poll("the stderr line", DEADLINE, || {
-        supd.log_file("many.err.log").contains("oops").then_some(())
+    // Each stream has its own drain: wait for the end of both.
+    poll("the last lines of both streams", DEADLINE, || {
+        (supd.log_file("many.err.log").contains("oops")
+            && supd.log_file("many.out.log").contains("n50"))
+        .then_some(())
     });
     let (code, out, _) = supd.ctl_text(&["logs", "many", "-n", "5", "--stdout"]);
     assert_eq!(code, 0);
@@ -488,6 +491,65 @@ fn a_daemon_false_log_is_rotated_by_copy_and_truncate() {
         !dir.join("rot.out.log.3").exists(),
         "more than log_backups files kept"
     );
+}
+
+/// More programs writing their own files than one user may have inotify
+/// instances (`fs.inotify.max_user_instances`, 128 by default): each file
+/// is still followed, as its copy-and-truncate rotation and `logs -f` show.
+#[test]
+fn every_daemon_false_log_is_followed_past_the_inotify_instance_limit() {
+    const N: usize = 200;
+    let script = "i=0; while [ $i -lt 30 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; exec sleep 300";
+    let mut programs = String::new();
+    for i in 0..N {
+        programs.push_str(&format!(
+            "[program.w{i:03}]\ncommand = {}\nstart_secs = \"0s\"\nrestart = \"never\"\nlog_max_bytes = \"1KB\"\nlog_backups = 1\n\n",
+            serde_json::to_string(&["sh", "-c", script]).expect("json"),
+        ));
+    }
+    let supd = Supd::start(&config(&programs));
+    let dir = supd.log_dir();
+    // Each program wrote about 1.8 KB, past its 1 KB limit: only a
+    // follower rotates a file the program writes itself.
+    let unrotated = || -> Vec<usize> {
+        (0..N)
+            .filter(|i| !dir.join(format!("w{i:03}.out.log.1")).exists())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !unrotated().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = unrotated();
+    assert!(
+        left.is_empty(),
+        "not rotated: {left:?}; first: {:?}; supd's log:\n{}",
+        left.first()
+            .map(|i| supd.log_file(&format!("w{i:03}.out.log"))),
+        supd.log()
+    );
+    let last = format!("w{:03}", N - 1);
+    let mut follower = KillOnDrop(
+        supd.ctl_spawn_stdin(&["--json", "logs", "-f", &last, "-n", "0"], Stdio::null()),
+    );
+    let lines = stdout_lines(&mut follower.0);
+    // Appended by hand until the follower (subscribed once `logs` has
+    // answered, at a moment the test cannot see) shows one.
+    let path = dir.join(format!("{last}.out.log"));
+    let got = poll("the follower sees an appended line", DEADLINE, || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"by-hand\n"))
+            .expect("append to the log file");
+        lines
+            .recv_timeout(Duration::from_millis(200))
+            .ok()
+            .filter(|l| l.contains("by-hand"))
+    });
+    let v: Value = serde_json::from_str(&got).expect("one JSON object");
+    assert_eq!(v["name"], last.as_str());
+    assert_eq!(v["line"], "by-hand");
 }
 
 #[test]
