@@ -13,7 +13,14 @@
 //! `db.rs`). Routing every line through the supervisor actor instead would
 //! put a `yes` flood on the same queue as `status` and make every other
 //! request wait behind it; with the lock, the actor only ever touches this
-//! data at spawn, exit, `logs` and `reopen-logs`.
+//! data at spawn, exit, `logs` and `reopen-logs`. The drain tasks and file
+//! followers run on a thread of their own ([`spawn`]), so a flood keeps
+//! that thread busy and not the one that supervises and answers.
+//!
+//! Speed. A read takes what the pipe holds (64 KiB; a pipe found full is
+//! grown to `FLOOD_PIPE_BYTES` and read that much at a time), writes the
+//! whole lines in it with one `write`, and keeps the buffer itself for the
+//! ring, which cuts it into lines only when someone reads the ring.
 //!
 //! Never blocking. The pipes are non-blocking and registered with tokio;
 //! the drain reads as fast as data comes and appends with plain `write`
@@ -33,9 +40,9 @@
 //! by copy and truncate. No timestamps or drop counting there: the file
 //! holds what the program wrote, between run markers.
 //!
-//! A disk that hangs (rather than fails) would still stall the daemon's
-//! thread inside `write`; moving appends to a blocking thread is the next
-//! step if that matters.
+//! A disk that hangs (rather than fails) stalls the output thread inside
+//! `write`, and the supervisor only where it then takes that program's
+//! lock (its next spawn or exit).
 //!
 //! Bounds. A line is cut into chunks of at most [`MAX_LINE_BYTES`]; the ring
 //! keeps the last [`RING_LINES`] lines or [`RING_BYTES`] bytes, whichever is
@@ -64,6 +71,12 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 pub const RING_LINES: usize = 1000;
 /// Bytes the ring keeps at most.
 pub const RING_BYTES: usize = 256 * 1024;
+/// Bytes asked for in one read of an output pipe: what a pipe holds by
+/// default (pipe(7)).
+const READ_BYTES: usize = 64 * 1024;
+/// The size an output pipe is grown to once a read finds it full
+/// (`F_SETPIPE_SZ`, fcntl(2); at most `/proc/sys/fs/pipe-max-size`).
+const FLOOD_PIPE_BYTES: usize = 1024 * 1024;
 /// Lines queued for a follower before it starts missing some.
 pub const FOLLOW_QUEUE: usize = 4096;
 
@@ -213,16 +226,42 @@ impl LogFile {
 }
 
 /// The ring of recent lines.
+///
+/// Lines from the fast path ([`ProgramOutput::plain_chunk`]) are kept as
+/// the bytes they came in (`raw`), and cut into [`LogLine`]s only when the
+/// ring is read or a line comes the slow way: a flood of short lines would
+/// otherwise cost three allocations a line, most of them for lines the
+/// next read pushes out again.
 #[derive(Debug, Default)]
 struct Ring {
     lines: VecDeque<LogLine>,
     bytes: usize,
     /// Lines pushed out since supd started (the ring no longer holds all).
     evicted: bool,
+    /// Newer than every entry of `lines`, oldest first.
+    raw: VecDeque<RawLines>,
+    /// Lines and bytes (newlines included) in `raw`.
+    raw_lines: usize,
+    raw_bytes: usize,
+}
+
+/// Whole lines, each ending with its newline, read at `time`.
+#[derive(Debug)]
+struct RawLines {
+    stream: Stream,
+    time: SystemTime,
+    bytes: Vec<u8>,
+    lines: usize,
 }
 
 impl Ring {
-    fn push(&mut self, line: LogLine) {
+    /// Adds one line. `name` is the program's (for lines still raw).
+    fn push(&mut self, name: &str, line: LogLine) {
+        self.settle(name);
+        self.push_line(line);
+    }
+
+    fn push_line(&mut self, line: LogLine) {
         self.bytes += line.line.len();
         self.lines.push_back(line);
         while self.lines.len() > RING_LINES || self.bytes > RING_BYTES {
@@ -234,6 +273,64 @@ impl Ring {
                 None => break,
             }
         }
+    }
+
+    /// Adds `bytes`: `lines` whole lines, each ending with a newline, none
+    /// longer than [`MAX_LINE_BYTES`].
+    fn push_raw(&mut self, stream: Stream, time: SystemTime, bytes: Vec<u8>, lines: usize) {
+        self.raw_lines += lines;
+        self.raw_bytes += bytes.len();
+        self.raw.push_back(RawLines {
+            stream,
+            time,
+            bytes,
+            lines,
+        });
+        // Older raw pieces the newer ones already fill the ring without.
+        while let Some(front) = self.raw.front() {
+            let rest_lines = self.raw_lines - front.lines;
+            let rest_bytes = self.raw_bytes - front.bytes.len();
+            if self.raw.len() > 1 && (rest_lines >= RING_LINES || rest_bytes >= RING_BYTES) {
+                self.raw_lines = rest_lines;
+                self.raw_bytes = rest_bytes;
+                self.raw.pop_front();
+                self.evicted = true;
+            } else {
+                break;
+            }
+        }
+        if (self.raw_lines >= RING_LINES || self.raw_bytes >= RING_BYTES) && !self.lines.is_empty()
+        {
+            self.lines.clear();
+            self.bytes = 0;
+            self.evicted = true;
+        }
+    }
+
+    /// Cuts the raw pieces into lines.
+    fn settle(&mut self, name: &str) {
+        while let Some(raw) = self.raw.pop_front() {
+            let time = crate::supervisor::rfc3339(raw.time);
+            let body = raw.bytes.strip_suffix(b"\n").unwrap_or(&raw.bytes);
+            // Only the lines the ring can keep.
+            let mut start = 0;
+            if raw.lines > RING_LINES {
+                if let Some(nl) = memchr::memrchr_iter(b'\n', body).nth(RING_LINES - 1) {
+                    start = nl + 1;
+                }
+            }
+            for line in body[start..].split(|&b| b == b'\n') {
+                self.push_line(LogLine {
+                    name: name.to_string(),
+                    stream: raw.stream,
+                    line: String::from_utf8_lossy(line).into_owned(),
+                    time: Some(time.clone()),
+                    newline: true,
+                });
+            }
+        }
+        self.raw_lines = 0;
+        self.raw_bytes = 0;
     }
 }
 
@@ -552,14 +649,14 @@ impl ProgramOutput {
         }
         if followed {
             for entry in &entries {
-                inner.ring.push(entry.clone());
+                inner.ring.push(&self.name, entry.clone());
             }
             for entry in entries {
                 self.publish(OutputEvent::Line(entry));
             }
         } else {
             for entry in entries {
-                inner.ring.push(entry);
+                inner.ring.push(&self.name, entry);
             }
         }
     }
@@ -567,11 +664,11 @@ impl ProgramOutput {
     /// The fast path for a flood of plain lines: when the output goes to a
     /// log file without timestamps, nobody follows it and no rotation is
     /// due, `body` (whole lines, each with its newline, none longer than
-    /// [`MAX_LINE_BYTES`]) is written as it came, in one write, and only its
-    /// last lines, those the ring can keep, are cut out. `first` is a line
-    /// begun in an earlier read. Returns `false`, having done nothing, when
-    /// the path does not apply: then the caller goes line by line.
-    fn plain_chunk(&self, stream: Stream, first: Option<&[u8]>, body: &[u8]) -> bool {
+    /// [`MAX_LINE_BYTES`]) is written as it came, in one write, and kept
+    /// for the ring as it is (cut into lines only when the ring is read).
+    /// Gives `body` back, having done nothing, when the path does not
+    /// apply: then the caller goes line by line.
+    fn plain_chunk(&self, stream: Stream, mut body: Vec<u8>) -> Result<(), Vec<u8>> {
         // A line longer than MAX_LINE_BYTES holds a whole aligned window of
         // half that size with no newline: a few memchr calls find it (and
         // may send a line of between half and all of the limit the slow
@@ -581,12 +678,12 @@ impl ProgramOutput {
             .chunks(half)
             .any(|w| w.len() == half && memchr::memchr(b'\n', w).is_none());
         if body.last() != Some(&b'\n') || long_line || self.followers() > 0 {
-            return false;
+            return Err(body);
         }
         let mut inner = self.lock();
         let inner = &mut *inner;
         if inner.cfg.mode != OutputMode::Log || inner.cfg.timestamps {
-            return false;
+            return Err(body);
         }
         let (max, backups) = (inner.cfg.max_bytes, inner.cfg.backups);
         let idx = if inner.files[1].is_some() {
@@ -595,47 +692,20 @@ impl ProgramOutput {
             0
         };
         let Some(f) = inner.files[idx].as_mut() else {
-            return false;
+            return Err(body);
         };
-        let total = (body.len() + first.map_or(0, |l| l.len() + 1)) as u64;
-        if f.size + total > max {
-            return false;
+        if f.size + body.len() as u64 > max {
+            return Err(body);
         }
-        if let Some(line) = first {
-            let mut buf = Vec::with_capacity(line.len() + 1);
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
-            self.flush(f, &buf, max, backups);
+        self.flush(f, &body, max, backups);
+        let lines = count_newlines(&body);
+        // A small body is copied rather than kept with its whole read
+        // buffer's capacity.
+        if body.len() < body.capacity() / 4 {
+            body.shrink_to_fit();
         }
-        self.flush(f, body, max, backups);
-        // The ring: the last lines of the body (and `first` if room is left).
-        let time = now();
-        let mut tail: Vec<&[u8]> = Vec::new();
-        // `end` is the index of a line's newline; `body` ends with one.
-        let mut end = body.len() - 1;
-        while tail.len() < RING_LINES {
-            let start = memchr::memrchr(b'\n', &body[..end]).map_or(0, |p| p + 1);
-            tail.push(&body[start..end]);
-            if start == 0 {
-                break;
-            }
-            end = start - 1;
-        }
-        if tail.len() < RING_LINES {
-            if let Some(line) = first {
-                tail.push(line);
-            }
-        }
-        for line in tail.into_iter().rev() {
-            inner.ring.push(LogLine {
-                name: self.name.clone(),
-                stream,
-                line: String::from_utf8_lossy(line).into_owned(),
-                time: Some(time.clone()),
-                newline: true,
-            });
-        }
-        true
+        inner.ring.push_raw(stream, SystemTime::now(), body, lines);
+        Ok(())
     }
 
     /// Appends `buf` (whole lines) to `f`, counting it as dropped
@@ -710,8 +780,7 @@ impl ProgramOutput {
                     f.older_end.get_or_insert(start);
                 }
             }
-            let task = tokio::spawn(follow_file(self.clone(), stream, path, start));
-            handles.push(task.abort_handle());
+            handles.push(spawn(follow_file(self.clone(), stream, path, start)));
         }
         let old = std::mem::replace(&mut self.lock().followers, handles);
         for h in old {
@@ -730,7 +799,8 @@ impl ProgramOutput {
     /// and, when it holds fewer and has lost none, older ones from the log
     /// file(s) before them.
     pub fn tail(&self, n: usize, only: Option<Stream>) -> Vec<LogLine> {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.ring.settle(&self.name);
         let wanted = |l: &LogLine| only.is_none_or(|s| s == l.stream);
         let mut from_ring: Vec<LogLine> = inner
             .ring
@@ -779,6 +849,20 @@ impl ProgramOutput {
         older.extend(from_ring);
         older
     }
+}
+
+/// How many newlines `bytes` holds. Counted in blocks of 255 bytes into
+/// byte-wide sums, which the compiler turns into wide vector compares (a
+/// plain `filter().count()` stays a byte at a time).
+fn count_newlines(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(255)
+        .map(|block| {
+            block
+                .iter()
+                .fold(0u8, |n, &b| n.wrapping_add(u8::from(b == b'\n'))) as usize
+        })
+        .sum()
 }
 
 /// The last `n` lines of the file at `path` before offset `end` (reads at
@@ -981,6 +1065,50 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
     }
 }
 
+/// Runs `task` on the output thread: one thread of supd's, with a tokio
+/// runtime of its own, that runs every [`drain`] and log follower. A
+/// program flooding its output then keeps that thread busy, not the one
+/// that answers `status` and supervises; and a disk that stalls a write
+/// stalls only output. Falls back to the current runtime if the thread
+/// cannot be started. Must be called inside a tokio runtime.
+pub fn spawn<F>(task: F) -> tokio::task::AbortHandle
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    static OUTPUT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    let handle = OUTPUT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("supd-output".to_string())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the output thread's runtime; output is drained on the main thread");
+                        let _ = tx.send(None);
+                        return;
+                    }
+                };
+                let _ = tx.send(Some(rt.handle().clone()));
+                rt.block_on(std::future::pending::<()>());
+            });
+        match started {
+            Ok(_) => rx.recv().ok().flatten(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the output thread; output is drained on the main thread");
+                None
+            }
+        }
+    });
+    match handle {
+        Some(h) => h.spawn(task).abort_handle(),
+        None => tokio::spawn(task).abort_handle(),
+    }
+}
+
 /// Drains one pipe of run `run` until end of file: splits it into lines
 /// (pieces of at most [`MAX_LINE_BYTES`]) and hands each to `out`.
 pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u64) {
@@ -993,17 +1121,32 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
         }
     };
     let mut partial: Vec<u8> = Vec::new();
+    let mut read_size = READ_BYTES;
     loop {
         if let Err(e) = pipe.readable().await {
             tracing::warn!(program = %out.name, error = %e, "reading output failed");
             break;
         }
-        // As large as a pipe's buffer, and only while there is output: a
+        // As large as the pipe's buffer, and only while there is output: a
         // quiet program costs no buffer.
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = match pipe.try_read(&mut buf) {
+        let mut buf = Vec::with_capacity(read_size);
+        match pipe.try_read_buf(&mut buf) {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) => {
+                if n == READ_BYTES && read_size == READ_BYTES {
+                    // The pipe was full: a flood. A larger pipe halves the
+                    // wake-ups (each a lock and a context switch on both
+                    // sides) for every doubling; a program that only ever
+                    // writes a little keeps the default size.
+                    let grown = nix::fcntl::fcntl(
+                        &pipe,
+                        nix::fcntl::FcntlArg::F_SETPIPE_SZ(FLOOD_PIPE_BYTES as libc::c_int),
+                    );
+                    if let Ok(size) = grown {
+                        read_size = usize::try_from(size).unwrap_or(READ_BYTES);
+                    }
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -1017,19 +1160,28 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
                 break;
             }
         };
-        let data = &buf[..n];
         // A flood of plain lines: written as it came (see plain_chunk).
         if partial.is_empty() {
             let last_nl =
-                memchr::memrchr(b'\n', data).filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES);
+                memchr::memrchr(b'\n', &buf).filter(|&nl| buf.len() - (nl + 1) < MAX_LINE_BYTES);
             if let Some(nl) = last_nl {
-                if out.plain_chunk(stream, None, &data[..=nl]) {
-                    partial.extend_from_slice(&data[nl + 1..]);
-                    tokio::task::yield_now().await;
-                    continue;
+                partial.extend_from_slice(&buf[nl + 1..]);
+                buf.truncate(nl + 1);
+                match out.plain_chunk(stream, buf) {
+                    Ok(()) => {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(back) => {
+                        // Whole again, as it was read.
+                        buf = back;
+                        buf.extend_from_slice(&partial);
+                        partial.clear();
+                    }
                 }
             }
         }
+        let data = &buf[..];
         // Else line by line; then the other tasks (the supervisor, control
         // connections) run before the next read, however fast the program
         // writes.
@@ -1120,17 +1272,94 @@ mod tests {
     fn the_ring_keeps_the_last_lines_within_its_bounds() {
         let mut ring = Ring::default();
         for i in 0..1500 {
-            ring.push(line(&i.to_string()));
+            ring.push("p", line(&i.to_string()));
         }
         assert_eq!(ring.lines.len(), RING_LINES);
         assert_eq!(ring.lines.back().unwrap().line, "1499");
         assert!(ring.evicted);
         let big = "x".repeat(60 * 1024);
         for _ in 0..10 {
-            ring.push(line(&big));
+            ring.push("p", line(&big));
         }
         assert!(ring.bytes <= RING_BYTES);
         assert_eq!(ring.lines.len(), 4);
+    }
+
+    fn raw(text: &str) -> (Vec<u8>, usize) {
+        (text.as_bytes().to_vec(), count_newlines(text.as_bytes()))
+    }
+
+    #[test]
+    fn raw_pieces_become_the_same_lines_in_order_when_read() {
+        let mut ring = Ring::default();
+        ring.push("p", line("first"));
+        let (a, n) = raw("a1\na2\n");
+        ring.push_raw(Stream::Stdout, SystemTime::now(), a, n);
+        let (b, n) = raw("b1\n");
+        ring.push_raw(Stream::Stderr, SystemTime::now(), b, n);
+        // A line the slow way comes after the raw ones.
+        ring.push("p", line("last"));
+        let got: Vec<(&str, Stream)> = ring
+            .lines
+            .iter()
+            .map(|l| (l.line.as_str(), l.stream))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("first", Stream::Stdout),
+                ("a1", Stream::Stdout),
+                ("a2", Stream::Stdout),
+                ("b1", Stream::Stderr),
+                ("last", Stream::Stdout)
+            ]
+        );
+        assert!(ring.lines.iter().skip(1).take(3).all(|l| l.time.is_some()));
+        assert!(!ring.evicted);
+        assert!(ring.raw.is_empty());
+    }
+
+    #[test]
+    fn raw_pieces_stay_within_the_ring_bounds() {
+        let mut ring = Ring::default();
+        ring.push("p", line("old"));
+        // A flood: each piece alone fills the ring, so only the newest is
+        // kept, and the older line is gone.
+        for i in 0..50 {
+            let text = format!("{i}\n").repeat(3 * RING_LINES);
+            let (piece, n) = raw(&text);
+            ring.push_raw(Stream::Stdout, SystemTime::now(), piece, n);
+            assert_eq!(ring.raw.len(), 1);
+            assert!(ring.lines.is_empty());
+        }
+        assert!(ring.evicted);
+        ring.settle("p");
+        assert_eq!(ring.lines.len(), RING_LINES);
+        assert!(ring.lines.iter().all(|l| l.line == "49"));
+        // Many small pieces: the ring keeps the last RING_LINES lines.
+        for i in 0..3 * RING_LINES {
+            let (piece, n) = raw(&format!("s{i}\n"));
+            ring.push_raw(Stream::Stdout, SystemTime::now(), piece, n);
+        }
+        assert!(ring.raw_lines <= RING_LINES);
+        ring.settle("p");
+        assert_eq!(ring.lines.len(), RING_LINES);
+        assert_eq!(
+            ring.lines.back().map(|l| l.line.as_str()),
+            Some(format!("s{}", 3 * RING_LINES - 1).as_str())
+        );
+        assert_eq!(
+            ring.lines.front().map(|l| l.line.as_str()),
+            Some(format!("s{}", 2 * RING_LINES).as_str())
+        );
+    }
+
+    #[test]
+    fn newlines_are_counted_across_blocks() {
+        assert_eq!(count_newlines(b""), 0);
+        assert_eq!(count_newlines(&b"y\n".repeat(40_000)), 40_000);
+        assert_eq!(count_newlines(&[b'\n'; 1000]), 1000);
+        assert_eq!(count_newlines(&b"no newline here".repeat(100)), 0);
     }
 
     #[test]

@@ -1284,7 +1284,7 @@ impl Supervisor {
                                     + u8::from(pipes.stderr.is_some());
                                 let run = out.run_started(child.pid, n);
                                 if let Some(fd) = pipes.stdout {
-                                    tokio::spawn(crate::logs::drain(
+                                    crate::logs::spawn(crate::logs::drain(
                                         out.clone(),
                                         Stream::Stdout,
                                         fd,
@@ -1292,7 +1292,12 @@ impl Supervisor {
                                     ));
                                 }
                                 if let Some(fd) = pipes.stderr {
-                                    tokio::spawn(crate::logs::drain(out, Stream::Stderr, fd, run));
+                                    crate::logs::spawn(crate::logs::drain(
+                                        out,
+                                        Stream::Stderr,
+                                        fd,
+                                        run,
+                                    ));
                                 }
                                 p.stdin = pipes.stdin;
                                 tracing::info!(program = %name, pid = child.pid, "spawned");

@@ -301,11 +301,10 @@ fn a_program_flooding_output_does_not_slow_status() {
     );
     assert_eq!(supd.status("flood").state.as_str(), "running");
     assert_eq!(supd.status("own").state.as_str(), "running");
-    let (_, out, _) = supd.ctl_text(&["logs", "own", "-n", "3", "--stdout"]);
-    assert!(
-        out.lines().any(|l| l == "y"),
-        "the followed flood is seen: {out:?}"
-    );
+    poll("the followed flood in logs -n", DEADLINE, || {
+        let (_, out, _) = supd.ctl_text(&["logs", "own", "-n", "3", "--stdout"]);
+        out.lines().any(|l| l == "y").then_some(())
+    });
 }
 
 /// A tmpfs mounted for a test, unmounted (lazily) on drop.

@@ -958,11 +958,9 @@ fn program_of_a_hostile_parent_gets_default_disposition_for_signals_32_and_33() 
     let mut supd = HostileSupd::start(CLEAN_CONFIG, true);
     let daemon = supd.child.as_ref().expect("child").id();
     let ignored = sig_set(daemon, "SigIgn").expect("SigIgn");
-    assert_eq!(
-        ignored & GLIBC_RESERVED,
-        GLIBC_RESERVED,
-        "setup: {ignored:#x}"
-    );
+    // Signal 32 stays ignored in supd; glibc gives 33 (SIGSETXID) a
+    // handler of its own once supd starts its output thread.
+    assert!(has_sig(ignored, 32), "setup: {ignored:#x}");
     let pid = supd.running_pid("clean");
     assert_clean_child(pid, 0);
     supd.check_alive();
