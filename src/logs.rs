@@ -669,15 +669,7 @@ impl ProgramOutput {
     /// Gives `body` back, having done nothing, when the path does not
     /// apply: then the caller goes line by line.
     fn plain_chunk(&self, stream: Stream, mut body: Vec<u8>) -> Result<(), Vec<u8>> {
-        // A line longer than MAX_LINE_BYTES holds a whole aligned window of
-        // half that size with no newline: a few memchr calls find it (and
-        // may send a line of between half and all of the limit the slow
-        // way, which is only slower).
-        let half = MAX_LINE_BYTES / 2;
-        let long_line = body
-            .chunks(half)
-            .any(|w| w.len() == half && memchr::memchr(b'\n', w).is_none());
-        if body.last() != Some(&b'\n') || long_line || self.followers() > 0 {
+        if !plain_lines(&body) || self.followers() > 0 {
             return Err(body);
         }
         let mut inner = self.lock();
@@ -706,6 +698,22 @@ impl ProgramOutput {
         }
         inner.ring.push_raw(stream, SystemTime::now(), body, lines);
         Ok(())
+    }
+
+    /// The fast path of a follower of a file the program writes itself:
+    /// when nobody follows, `body` (as for [`ProgramOutput::plain_chunk`])
+    /// only gives the ring its last lines, copied as bytes. `false`, having
+    /// done nothing, when the path does not apply.
+    fn ring_chunk(&self, stream: Stream, body: &[u8]) -> bool {
+        if !plain_lines(body) || self.followers() > 0 {
+            return false;
+        }
+        let tail = body[ring_tail(body)..].to_vec();
+        let lines = count_newlines(&tail);
+        self.lock()
+            .ring
+            .push_raw(stream, SystemTime::now(), tail, lines);
+        true
     }
 
     /// Appends `buf` (whole lines) to `f`, counting it as dropped
@@ -848,6 +856,53 @@ impl ProgramOutput {
         older.drain(..skip);
         older.extend(from_ring);
         older
+    }
+}
+
+/// Whether `body` is whole lines that the fast paths can take as they
+/// are: it ends with a newline and has no line longer than
+/// [`MAX_LINE_BYTES`]. Such a line holds a whole aligned window of half
+/// that size with no newline: a few memchr calls find it (and may send a
+/// line of between half and all of the limit the slow way, which is only
+/// slower).
+fn plain_lines(body: &[u8]) -> bool {
+    let half = MAX_LINE_BYTES / 2;
+    body.last() == Some(&b'\n')
+        && !body
+            .chunks(half)
+            .any(|w| w.len() == half && memchr::memchr(b'\n', w).is_none())
+}
+
+/// Where the lines of `body` (whole lines, ending with a newline) that the
+/// ring can keep begin: at most [`RING_LINES`] lines and about
+/// [`RING_BYTES`] bytes. Counts backwards a block at a time (see
+/// [`count_newlines`]), then a byte at a time in the block where it ends.
+fn ring_tail(body: &[u8]) -> usize {
+    let floor = body.len().saturating_sub(RING_BYTES);
+    let mut end = body.len();
+    let mut seen = 0;
+    while end > floor {
+        let start = end.saturating_sub(255).max(floor);
+        let here = count_newlines(&body[start..end]);
+        if seen + here > RING_LINES {
+            // The newline before the first kept line is in this block.
+            let mut need = RING_LINES + 1 - seen;
+            for i in (start..end).rev() {
+                if body[i] == b'\n' {
+                    need -= 1;
+                    if need == 0 {
+                        return i + 1;
+                    }
+                }
+            }
+        }
+        seen += here;
+        end = start;
+    }
+    if floor == 0 {
+        0
+    } else {
+        memchr::memchr(b'\n', &body[floor..]).map_or(body.len(), |p| floor + p + 1)
     }
 }
 
@@ -1013,13 +1068,16 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
         }
         // Allocated while there is something to read, not for the life of
         // every quiet program.
-        let mut buf = if offset < len {
-            vec![0u8; 64 * 1024]
-        } else {
-            Vec::new()
-        };
+        let mut buf = Vec::new();
         while offset < len {
-            let n = match file.read_at(&mut buf, offset) {
+            // What is there, between 64 KiB and FLOOD_PIPE_BYTES at a time.
+            let want = usize::try_from(len - offset)
+                .unwrap_or(usize::MAX)
+                .clamp(READ_BYTES, FLOOD_PIPE_BYTES);
+            if buf.len() < want {
+                buf.resize(want, 0);
+            }
+            let n = match file.read_at(&mut buf[..want], offset) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
@@ -1033,8 +1091,20 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
                     }
                 }
             }
+            let data = &buf[..n];
+            if partial.is_empty() {
+                let last_nl = memchr::memrchr(b'\n', data)
+                    .filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES);
+                if let Some(nl) = last_nl {
+                    if out.ring_chunk(stream, &data[..=nl]) {
+                        partial.extend_from_slice(&data[nl + 1..]);
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                }
+            }
             let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
-            for &b in &buf[..n] {
+            for &b in data {
                 if b == b'\n' {
                     batch.push((std::mem::take(&mut partial), true));
                 } else {
@@ -1352,6 +1422,24 @@ mod tests {
             ring.lines.front().map(|l| l.line.as_str()),
             Some(format!("s{}", 2 * RING_LINES).as_str())
         );
+    }
+
+    #[test]
+    fn the_ring_tail_is_the_last_lines_within_the_bounds() {
+        let many = b"y\n".repeat(3 * RING_LINES);
+        let start = ring_tail(&many);
+        assert_eq!(many.len() - start, 2 * RING_LINES);
+        let few = b"a\nbb\nccc\n";
+        assert_eq!(ring_tail(few), 0);
+        let exact = b"z\n".repeat(RING_LINES);
+        assert_eq!(ring_tail(&exact), 0);
+        // Long lines: cut by bytes, at a line start.
+        let line = format!("{}\n", "x".repeat(999));
+        let long = line.repeat(2 * RING_BYTES / 1000);
+        let start = ring_tail(long.as_bytes());
+        assert_eq!(start % 1000, 0);
+        assert!(long.len() - start <= RING_BYTES);
+        assert!(long.len() - start > RING_BYTES - 1000);
     }
 
     #[test]
