@@ -79,7 +79,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     runtime.block_on(serve(opts))
 }
 
-async fn serve(opts: Options) -> Result<(), DaemonError> {
+async fn serve(mut opts: Options) -> Result<(), DaemonError> {
     let mut signals =
         Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1]).map_err(|source| {
             DaemonError::Setup {
@@ -105,6 +105,9 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
     let state_path = state_dir.join(crate::state::FILE_NAME);
     let log_dir = crate::logs::log_dir(opts.config.supd.log_dir.as_deref(), &state_dir);
     let (mut supervisor, handle) = Supervisor::new(&opts.config, Some(state_path), log_dir);
+    // The supervisor holds its own copy of each program's definition, and a
+    // reload reads the file again: these are not needed twice.
+    let programs = std::mem::take(&mut opts.config.programs).len();
     let sentinel = match crate::sentinel::start(supervisor.marker()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -158,7 +161,7 @@ async fn serve(opts: Options) -> Result<(), DaemonError> {
     // systemd: READY=1 with a STATUS= summary, then STATUS= kept current and
     // the watchdog pinged. These tasks ask the supervisor, so they run
     // beside it; without NOTIFY_SOCKET there is no one to tell.
-    tracing::info!(socket = %path.display(), programs = opts.config.programs.len(), "supd ready");
+    tracing::info!(socket = %path.display(), programs, "supd ready");
     let mut systemd_tasks = Vec::new();
     if notify::enabled() {
         systemd_tasks.push(tokio::spawn(notify::ready_then_report(handle.clone())));

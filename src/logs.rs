@@ -34,7 +34,7 @@
 //! survive supd's death, so its stdout is not a pipe (whose only reader
 //! would die with supd and leave it to SIGPIPE) but its log file itself,
 //! opened for appending ([`ProgramOutput::files_for_child`]). supd follows
-//! that file with inotify (`follow_file`, no polling; one instance for all
+//! that file with inotify (`follow_files`, no polling; one instance for all
 //! of them, [`crate::watch`]) to feed the ring and
 //! followers, follows it again after adopting the program, and rotates it
 //! by copy and truncate. No timestamps or drop counting there: the file
@@ -351,8 +351,8 @@ struct Inner {
     /// The program writes its log file(s) itself (`daemon = false`): supd
     /// only follows them, and rotates them by copy, then truncate.
     direct: bool,
-    /// The tasks following those files.
-    followers: Vec<tokio::task::AbortHandle>,
+    /// The task following those files.
+    follower: Option<tokio::task::AbortHandle>,
 }
 
 /// Everything supd keeps of one program's output. See the module's doc.
@@ -406,7 +406,7 @@ impl ProgramOutput {
                 pending_end: None,
                 journal: None,
                 direct: false,
-                followers: Vec::new(),
+                follower: None,
             }),
             tx,
             dropped: AtomicU64::new(0),
@@ -770,7 +770,7 @@ impl ProgramOutput {
     }
 
     fn follow(self: &Arc<Self>, paths: Vec<(Stream, PathBuf)>) {
-        let mut handles = Vec::new();
+        let mut from = Vec::with_capacity(paths.len());
         for (stream, path) in paths {
             // From where the last follower of this same file stopped (it
             // may not have read the end of the last run yet), else from the
@@ -788,18 +788,18 @@ impl ProgramOutput {
                     f.older_end.get_or_insert(start);
                 }
             }
-            handles.push(spawn(follow_file(self.clone(), stream, path, start)));
+            from.push((stream, path, start));
         }
-        let old = std::mem::replace(&mut self.lock().followers, handles);
-        for h in old {
-            h.abort();
+        let task = spawn(follow_files(self.clone(), from));
+        if let Some(old) = self.lock().follower.replace(task) {
+            old.abort();
         }
     }
 
     /// Stops following (the program is forgotten).
     pub fn stop_following(&self) {
-        for h in std::mem::take(&mut self.lock().followers) {
-            h.abort();
+        if let Some(task) = self.lock().follower.take() {
+            task.abort();
         }
     }
 
@@ -1022,82 +1022,125 @@ fn copy_truncate(path: &Path, backups: u32, max: u64) -> io::Result<()> {
     OpenOptions::new().write(true).open(path)?.set_len(0)
 }
 
-/// Follows a log file that the program writes itself: woken by inotify
-/// (`IN_MODIFY`; no polling), reads what was appended since, and hands the
-/// lines to the ring and followers (not to the file again). Rotates the
-/// file by copy and truncate once it passes `log_max_bytes`.
-async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, start: u64) {
-    use std::os::unix::fs::FileExt;
+/// One log file a program writes itself, as its follower reads it.
+struct Followed {
+    stream: Stream,
+    path: PathBuf,
+    watch: crate::watch::Watch,
+    file: File,
+    /// How far it has been read.
+    offset: u64,
+    /// A line begun but not ended at `offset`.
+    partial: Vec<u8>,
+}
+
+/// Follows the log files a program writes itself (its stdout file, and its
+/// stderr file unless merged), each from its `start` offset, in one task:
+/// woken by inotify (`IN_MODIFY`; no polling), reads what was appended
+/// since, and hands the lines to the ring and followers (not to the file
+/// again). Rotates a file by copy and truncate once it passes
+/// `log_max_bytes`.
+async fn follow_files(out: Arc<ProgramOutput>, paths: Vec<(Stream, PathBuf, u64)>) {
     // Setting up fails when inotify is out of instances or watches, or
     // supd out of descriptors: tried again, less and less often, since
     // rotation depends on it.
     let mut retry = std::time::Duration::from_secs(1);
     let mut warned = false;
-    let (watch, file) = loop {
-        let setup = crate::watch::watch(&path).and_then(|w| Ok((w, File::open(&path)?)));
-        match setup {
-            Ok(s) => break s,
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file (until then logs -f does not show its new lines and it is not rotated); trying again");
-                    warned = true;
+    let mut files: Vec<Followed> = Vec::with_capacity(paths.len());
+    for (stream, path, start) in paths {
+        let (watch, file) = loop {
+            let setup = crate::watch::watch(&path).and_then(|w| Ok((w, File::open(&path)?)));
+            match setup {
+                Ok(s) => break s,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot follow the log file (until then logs -f does not show its new lines and it is not rotated); trying again");
+                        warned = true;
+                    }
+                    // Boxed: only a follower that retries holds a timer.
+                    Box::pin(tokio::time::sleep(retry)).await;
+                    retry = (retry * 2).min(std::time::Duration::from_secs(30));
                 }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(std::time::Duration::from_secs(30));
             }
-        }
-    };
-    if warned {
-        tracing::info!(program = %out.name, path = %path.display(), "following the log file again");
+        };
+        files.push(Followed {
+            stream,
+            path,
+            watch,
+            file,
+            offset: start,
+            partial: Vec::new(),
+        });
     }
-    let mut offset = start;
-    let mut partial: Vec<u8> = Vec::new();
-    // The first pass reads what was written between `start` and the watch.
-    let mut first = true;
+    if warned {
+        tracing::info!(program = %out.name, "following the log files again");
+    }
     loop {
-        if !first {
-            watch.changed().await;
+        // Each pass reads every file to its end (the first, what was
+        // written between `start` and the watch), so a wake-up that names
+        // one file and not the other loses nothing.
+        for f in &mut files {
+            f.catch_up(&out).await;
         }
-        first = false;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len < offset {
+        match files.as_slice() {
+            [a] => a.watch.changed().await,
+            [a, b] => {
+                tokio::select! {
+                    () = a.watch.changed() => {}
+                    () = b.watch.changed() => {}
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+impl Followed {
+    /// Reads the file from `offset` to its end, then rotates it if it has
+    /// passed `log_max_bytes`.
+    async fn catch_up(&mut self, out: &ProgramOutput) {
+        use std::os::unix::fs::FileExt;
+        let stream = self.stream;
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
             // Truncated (by logrotate's copytruncate, say).
-            offset = 0;
-            partial.clear();
-            out.file_restarted(&path);
+            self.offset = 0;
+            self.partial.clear();
+            out.file_restarted(&self.path);
         }
         // Allocated while there is something to read, not for the life of
         // every quiet program.
         let mut buf = Vec::new();
-        while offset < len {
-            // What is there, between 64 KiB and FLOOD_PIPE_BYTES at a time.
-            let want = usize::try_from(len - offset)
+        while self.offset < len {
+            // What is there, at most FLOOD_PIPE_BYTES at a time (a quiet
+            // program's few lines take a buffer of their size).
+            let want = usize::try_from(len - self.offset)
                 .unwrap_or(usize::MAX)
-                .clamp(READ_BYTES, FLOOD_PIPE_BYTES);
+                .min(FLOOD_PIPE_BYTES);
             if buf.len() < want {
                 buf.resize(want, 0);
             }
-            let n = match file.read_at(&mut buf[..want], offset) {
+            let n = match self.file.read_at(&mut buf[..want], self.offset) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            offset += n as u64;
+            self.offset += n as u64;
             {
                 use std::os::unix::fs::MetadataExt;
-                let ino = file.metadata().map_or(0, |m| m.ino());
+                let ino = self.file.metadata().map_or(0, |m| m.ino());
                 for f in out.lock().files.iter_mut().flatten() {
-                    if f.path == path {
-                        f.followed_to = Some((ino, offset));
+                    if f.path == self.path {
+                        f.followed_to = Some((ino, self.offset));
                     }
                 }
             }
             let data = &buf[..n];
-            if partial.is_empty() {
+            if self.partial.is_empty() {
                 let last_nl = memchr::memrchr(b'\n', data)
                     .filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES);
                 if let Some(nl) = last_nl {
                     if out.ring_chunk(stream, &data[..=nl]) {
-                        partial.extend_from_slice(&data[nl + 1..]);
+                        self.partial.extend_from_slice(&data[nl + 1..]);
                         tokio::task::yield_now().await;
                         continue;
                     }
@@ -1106,11 +1149,11 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
             let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
             for &b in data {
                 if b == b'\n' {
-                    batch.push((std::mem::take(&mut partial), true));
+                    batch.push((std::mem::take(&mut self.partial), true));
                 } else {
-                    partial.push(b);
-                    if partial.len() >= MAX_LINE_BYTES {
-                        batch.push((std::mem::take(&mut partial), false));
+                    self.partial.push(b);
+                    if self.partial.len() >= MAX_LINE_BYTES {
+                        batch.push((std::mem::take(&mut self.partial), false));
                     }
                 }
             }
@@ -1123,13 +1166,13 @@ async fn follow_file(out: Arc<ProgramOutput>, stream: Stream, path: PathBuf, sta
             let inner = out.lock();
             (inner.cfg.max_bytes, inner.cfg.backups)
         };
-        if offset > max {
-            if let Err(e) = copy_truncate(&path, backups, max) {
-                tracing::warn!(program = %out.name, path = %path.display(), error = %e, "cannot rotate the log file");
+        if self.offset > max {
+            if let Err(e) = copy_truncate(&self.path, backups, max) {
+                tracing::warn!(program = %out.name, path = %self.path.display(), error = %e, "cannot rotate the log file");
             } else {
-                offset = 0;
-                partial.clear();
-                out.file_restarted(&path);
+                self.offset = 0;
+                self.partial.clear();
+                out.file_restarted(&self.path);
             }
         }
     }

@@ -20,7 +20,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use tracing_journald::{Priority, PriorityMappings};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -82,13 +82,22 @@ fn priorities() -> PriorityMappings {
     }
 }
 
-fn filter(verbose: u8) -> EnvFilter {
+/// The levels to log: `RUST_LOG` when it is set and well formed, as a
+/// level (`debug`) or comma-separated `target=level` directives
+/// (`sup=debug,tokio=warn`; the `Targets` syntax of tracing-subscriber,
+/// without `EnvFilter`'s span and field filters, whose regex engine would
+/// make supd's binary, and its resident memory, a megabyte larger).
+/// Else `info`, `debug` with `-v`, `trace` with `-vv`.
+fn filter(verbose: u8) -> Targets {
     let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
     };
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default))
 }
 
 /// Installs the global subscriber. `verbose` raises the default level to

@@ -254,7 +254,9 @@ pub enum Msg {
 /// autostart programs with [`Supervisor::autostart`], then drive it with
 /// [`Supervisor::run`].
 pub struct Supervisor {
-    programs: BTreeMap<String, Program>,
+    /// Boxed: a B-tree node holds eleven entries, and most of a node of
+    /// 720-byte programs would be slack.
+    programs: BTreeMap<String, Box<Program>>,
     /// Base configurations of pools, by pool name.
     pools: BTreeMap<String, ProgramConfig>,
     /// For each `[program]` name, the ones that depend on it.
@@ -900,7 +902,7 @@ impl Supervisor {
     }
 
     /// Drops a program that has no process.
-    fn forget(&mut self, name: &str) -> Option<Program> {
+    fn forget(&mut self, name: &str) -> Option<Box<Program>> {
         let mut p = self.programs.remove(name)?;
         p.cancel_timer();
         if let Some(out) = self.outputs.get(name) {

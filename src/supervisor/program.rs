@@ -50,7 +50,8 @@ pub(super) struct Program {
     pub adopted: bool,
     /// A reload changed its definition: once stopped, it takes this one and
     /// starts again, answering the sender.
-    pub pending_restart: Option<(ProgramConfig, oneshot::Sender<Outcome>)>,
+    /// (Boxed: a definition is large, and rarely pending.)
+    pub pending_restart: Option<Box<(ProgramConfig, oneshot::Sender<Outcome>)>>,
     pub start_waiters: Vec<oneshot::Sender<Outcome>>,
     pub stop_waiters: Vec<oneshot::Sender<Outcome>>,
     pub exit_waiters: Vec<oneshot::Sender<WaitResult>>,
@@ -67,8 +68,9 @@ pub(super) struct Program {
 }
 
 impl Program {
-    pub fn new(cfg: ProgramConfig, group: &str, instance: Option<u32>) -> Self {
-        Program {
+    /// Boxed, as the supervisor keeps it.
+    pub fn new(cfg: ProgramConfig, group: &str, instance: Option<u32>) -> Box<Self> {
+        Box::new(Program {
             cfg,
             group: group.to_string(),
             instance,
@@ -92,7 +94,7 @@ impl Program {
             run_pool: None,
             queued: None,
             stdin: None,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {

@@ -164,7 +164,7 @@ impl Supervisor {
             pending.push(rx);
             match self.programs.get_mut(&member) {
                 Some(p) if busy(p) => {
-                    p.pending_restart = Some((member_cfg, tx));
+                    p.pending_restart = Some(Box::new((member_cfg, tx)));
                     self.stop_one(&member, false, None);
                 }
                 Some(p) => {
@@ -199,7 +199,7 @@ impl Supervisor {
         let Some(p) = self.programs.get_mut(name) else {
             return;
         };
-        let Some((cfg, tx)) = p.pending_restart.take() else {
+        let Some((cfg, tx)) = p.pending_restart.take().map(|b| *b) else {
             return;
         };
         p.cfg = cfg;
