@@ -80,6 +80,24 @@ QUICK = dict(
     run_iters=50,
 )
 
+# A check that every workload still runs (CI): tiny N, short runs, supd
+# alone. Its figures mean nothing.
+SMOKE = dict(
+    start_ns=[20],
+    start_repeats=1,
+    status_ns=[20],
+    status_iters=5,
+    status_budget=2.0,
+    rpc_iters=20,
+    rps_secs=0.3,
+    idle_n=20,
+    idle_secs=0.5,
+    stop_n=20,
+    restart_secs=0.5,
+    capture_secs=0.5,
+    run_iters=3,
+)
+
 
 # ---------------------------------------------------------------- /proc
 
@@ -1389,14 +1407,17 @@ def main():
         help="comma-separated supervisors to run (default: all four; supd always runs)",
     )
     ap.add_argument("--no-peers", action="store_true", help="supd alone")
+    ap.add_argument("--smoke", action="store_true",
+                    help="check that every workload still runs (tiny N, supd alone; exits 1 if one gave no figure)")
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is")
     ap.add_argument("--bin-dir", metavar="DIR",
                     help="use supd and supctl from DIR (say, another checkout's target/release); implies --no-build")
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")
     args = ap.parse_args()
 
-    cfg = QUICK if args.quick else FULL
-    wanted = ["supd"] if args.no_peers else ["supd"] + [
+    cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    wanted = ["supd"] if args.no_peers or args.smoke else ["supd"] + [
         p for p in PEER_NAMES if p != "supd" and p in args.peers.split(",")
     ]
 
@@ -1468,7 +1489,7 @@ def main():
     print()
     print(
         "sup benchmark (%s mode) of supd at %s: %s, %d cores%s, kernel %s, %.0f s; load average %.2f before, %.2f after"
-        % ("quick" if args.quick else "full", built, platform.machine(), os.cpu_count(), ", " + cpu if cpu else "",
+        % (mode, built, platform.machine(), os.cpu_count(), ", " + cpu if cpu else "",
            platform.release(), time.monotonic() - started, load_before, os.getloadavg()[0])
     )
     if load_before > 0.5:
@@ -1509,11 +1530,17 @@ def main():
         print("supd missed %d target(s): %s" % (len(misses), "; ".join(misses)))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"mode": "quick" if args.quick else "full", "supd": built, "config": cfg, "results": bench.results,
+            json.dump({"mode": mode, "supd": built, "config": cfg, "results": bench.results,
                        "notes": bench.notes, "peer_notes": peer_notes,
                        "spawn_floor": bench.floor}, f, indent=2, sort_keys=True)
     if interrupted:
         sys.exit(130)
+    if args.smoke:
+        missing = [label for key, label, _, _, _ in rows(cfg) if not isinstance(sup.get(key), (int, float))]
+        if missing:
+            print("smoke run: no figure for: %s" % "; ".join(missing))
+            sys.exit(1)
+        print("smoke run: every workload gave a figure")
 
 
 if __name__ == "__main__":
