@@ -667,6 +667,16 @@ impl Supervisor {
         self.state_dirty = false;
         let durable = std::mem::take(&mut self.state_durable);
         if let Some(path) = &self.state_path {
+            // The start times of the processes spawned since the last flush.
+            // Read here rather than at each spawn: right after the clone the
+            // new program is busy exec'ing, and /proc/PID/stat waits for its
+            // memory map's lock. Its pid is still its own: only this thread
+            // reaps, and a reaped process has no record any more.
+            for rec in self.state.processes.values_mut() {
+                if rec.start_time == 0 {
+                    rec.start_time = crate::procfs::stat(rec.pid).map_or(0, |s| s.start_time);
+                }
+            }
             self.state.version = 1;
             self.state.boot_id.clone_from(&self.boot_id);
             if let Err(e) = self.state.save(path, durable) {
@@ -1308,8 +1318,9 @@ impl Supervisor {
                                     name.to_string(),
                                     crate::state::ProcessRecord {
                                         pid: child.pid,
-                                        start_time: crate::procfs::stat(child.pid)
-                                            .map_or(0, |s| s.start_time),
+                                        // Read at the next flush (see
+                                        // `flush_state`), not now, mid-exec.
+                                        start_time: 0,
                                         daemon: p.cfg.daemon,
                                         marker: self.marker.clone(),
                                     },
