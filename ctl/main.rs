@@ -7,7 +7,9 @@
 //! an unknown name; `wait`: the program's exit code, 128+N after signal N,
 //! 124 on timeout.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,8 +18,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
-    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, ReloadResult, State, StatusResult,
-    VersionResult,
+    ErrorKind, Event, Outcome, ProgramsResult, ReloadResult, State, VersionResult,
 };
 
 /// Control a running supd: start, stop, signal, inspect and wait for its programs.
@@ -603,26 +604,64 @@ fn status(client: &mut Client, names: &[String], json_out: bool) -> Result<u8, F
         });
         return Ok(if all_running { 0 } else { 3 });
     }
-    let status: StatusResult = client.call_typed("status", params).map_err(not_found)?;
+    let status: Rows<'_> = client.call_borrowed("status", params).map_err(not_found)?;
     let colour = colour_enabled(
         io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
         std::env::var_os("TERM").as_deref(),
     );
-    out(&status_table(&status.programs, colour));
+    // One write of the whole table (it ends with its newline).
+    let table = status_table(&status.programs, colour);
+    let _ = io::stdout().lock().write_all(table.as_bytes());
     let all_running = status.programs.iter().all(|p| p.state == State::Running);
     Ok(if all_running { 0 } else { 3 })
 }
 
-/// Seconds as a person reads them: `45s`, `12m03s`, `5h07m`, `3d04h`.
+/// The `status` answer as the table reads it, borrowing from the answer's
+/// text: only the columns shown are decoded.
+#[derive(Debug, serde::Deserialize)]
+struct Rows<'a> {
+    #[serde(borrow)]
+    programs: Vec<Row<'a>>,
+}
+
+/// One program's columns (see `sup::protocol::ProgramStatus`).
+#[derive(Debug, serde::Deserialize)]
+struct Row<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    state: State,
+    pid: Option<u32>,
+    uptime_secs: Option<f64>,
+    restarts: u64,
+    returncode: Option<i32>,
+    #[serde(default)]
+    waiting_for: Vec<String>,
+    #[serde(default)]
+    next_retry_secs: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    signal: Option<String>,
+}
+
+/// [`push_duration`]'s text on its own.
+#[cfg(test)]
 fn human_duration(secs: f64) -> String {
+    let mut out = String::new();
+    push_duration(&mut out, secs);
+    out
+}
+
+/// Appends seconds as a person reads them: `45s`, `12m03s`, `5h07m`, `3d04h`.
+fn push_duration(out: &mut String, secs: f64) {
     let s = secs.max(0.0) as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
+    let _ = match s {
+        0..=59 => write!(out, "{s}s"),
+        60..=3599 => write!(out, "{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => write!(out, "{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => write!(out, "{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    };
 }
 
 /// Whether `supctl status` colours its output: only on a terminal, and
@@ -647,76 +686,122 @@ fn state_colour(state: State) -> Option<&'static str> {
     }
 }
 
-fn status_table(rows: &[ProgramStatus], colour: bool) -> String {
-    let mut table = vec![[
-        "NAME".to_string(),
-        "STATE".into(),
-        "PID".into(),
-        "UPTIME".into(),
-        "RESTARTS".into(),
-        "RETURNCODE".into(),
-        "INFO".into(),
-    ]];
+/// The `status` table: a header, then one line a row, columns two spaces
+/// apart, each line ending with `\n`. Cells are formatted once into one
+/// buffer; the table is written into another, sized up front.
+fn status_table(rows: &[Row<'_>], colour: bool) -> String {
+    const COLUMNS: usize = 7;
+    const HEADER: [&str; COLUMNS] = [
+        "NAME",
+        "STATE",
+        "PID",
+        "UPTIME",
+        "RESTARTS",
+        "RETURNCODE",
+        "INFO",
+    ];
+    // Every cell that is not the name or the state, as places in `text`.
+    let mut text = String::with_capacity(rows.len() * 24);
+    let mut places = Vec::with_capacity(rows.len());
+    let mut num = itoa::Buffer::new();
     for p in rows {
-        let info = if !p.waiting_for.is_empty() {
-            format!("waiting for {}", p.waiting_for.join(", "))
-        } else if let Some(secs) = p.next_retry_secs {
-            format!("retry in {secs:.1}s")
-        } else {
-            match (&p.error, &p.signal) {
-                (Some(e), _) => e.clone(),
-                (None, Some(sig)) => format!("killed by {sig}"),
-                _ => String::new(),
+        let pid = place(&mut text, |t| match p.pid {
+            Some(pid) => t.push_str(num.format(pid)),
+            None => t.push('-'),
+        });
+        let uptime = place(&mut text, |t| match p.uptime_secs {
+            Some(secs) => push_duration(t, secs),
+            None => t.push('-'),
+        });
+        let restarts = place(&mut text, |t| t.push_str(num.format(p.restarts)));
+        let returncode = place(&mut text, |t| match p.returncode {
+            Some(rc) => t.push_str(num.format(rc)),
+            None => t.push('-'),
+        });
+        let info = place(&mut text, |t| {
+            if !p.waiting_for.is_empty() {
+                t.push_str("waiting for ");
+                t.push_str(&p.waiting_for.join(", "));
+            } else if let Some(secs) = p.next_retry_secs {
+                let _ = write!(t, "retry in {secs:.1}s");
+            } else if let Some(e) = &p.error {
+                t.push_str(e);
+            } else if let Some(sig) = &p.signal {
+                t.push_str("killed by ");
+                t.push_str(sig);
             }
-        };
-        table.push([
-            p.name.clone(),
-            p.state.to_string(),
-            p.pid.map_or("-".into(), |v| v.to_string()),
-            p.uptime_secs.map_or("-".into(), human_duration),
-            p.restarts.to_string(),
-            p.returncode.map_or("-".into(), |v| v.to_string()),
-            info,
-        ]);
+        });
+        places.push([pid, uptime, restarts, returncode, info]);
     }
-    // Row 0 is the header; the state is column 1.
-    let paint = |row: usize, col: usize| match (colour, row, col) {
-        (true, 1.., 1) => state_colour(rows[row - 1].state),
-        _ => None,
+    let cells = |r: usize| -> [&str; COLUMNS] {
+        let p = &rows[r];
+        let [pid, uptime, restarts, returncode, info] = places[r].clone();
+        [
+            &p.name,
+            p.state.as_str(),
+            &text[pid],
+            &text[uptime],
+            &text[restarts],
+            &text[returncode],
+            &text[info],
+        ]
     };
-    render(&table, paint)
-}
-
-/// Aligns `rows` in columns two spaces apart. `paint(row, col)` may give an
-/// SGR colour for a cell; widths are those of the plain text.
-fn render<const N: usize>(
-    rows: &[[String; N]],
-    paint: impl Fn(usize, usize) -> Option<&'static str>,
-) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+    let width = |s: &str| {
+        if s.is_ascii() {
+            s.len()
+        } else {
+            s.chars().count()
+        }
+    };
+    let mut widths = HEADER.map(str::len);
+    for r in 0..rows.len() {
+        for (w, c) in widths.iter_mut().zip(cells(r)) {
+            *w = (*w).max(width(c));
         }
     }
-    rows.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                match paint(r, i) {
-                    Some(sgr) => line.push_str(&format!("\x1b[{sgr}m{cell}\x1b[0m")),
-                    None => line.push_str(cell),
+    let line_width: usize = widths.iter().sum::<usize>() + 2 * (COLUMNS - 1) + 1;
+    let mut out = String::with_capacity((rows.len() + 1) * (line_width + 10));
+    let line = |out: &mut String, cells: [&str; COLUMNS], sgr: Option<&str>| {
+        let start = out.len();
+        for (i, c) in cells.iter().enumerate() {
+            match sgr.filter(|_| i == 1) {
+                Some(sgr) => {
+                    let _ = write!(out, "\x1b[{sgr}m{c}\x1b[0m");
                 }
-                if i + 1 < N {
-                    let pad = widths[i] - cell.chars().count() + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
-                }
+                None => out.push_str(c),
             }
-            line.trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            if i + 1 < COLUMNS {
+                push_spaces(out, widths[i] - width(c) + 2);
+            }
+        }
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
+        out.push('\n');
+    };
+    line(&mut out, HEADER, None);
+    for (r, p) in rows.iter().enumerate() {
+        let sgr = if colour { state_colour(p.state) } else { None };
+        line(&mut out, cells(r), sgr);
+    }
+    out
+}
+
+/// Appends what `write` writes to `text`; returns where it is.
+fn place(text: &mut String, write: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+    let start = text.len();
+    write(text);
+    start..text.len()
+}
+
+/// Appends `n` spaces.
+fn push_spaces(out: &mut String, n: usize) {
+    const SPACES: &str = "                                ";
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        left -= k;
+    }
 }
 
 fn describe(verb: &str, o: &Outcome) -> String {
@@ -1071,13 +1156,19 @@ mod tests {
         assert_eq!(state_colour(State::Exited), None);
     }
 
-    fn row(name: &str, state: State) -> ProgramStatus {
-        serde_json::from_value(json!({
-            "name": name, "state": state, "pid": null, "returncode": null,
-            "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
-            "daemon": false, "orphans": [], "since": "", "error": null,
-        }))
-        .expect("a status row")
+    fn row(name: &str, state: State) -> Row<'static> {
+        Row {
+            name: Cow::Owned(name.into()),
+            state,
+            pid: None,
+            uptime_secs: None,
+            restarts: 0,
+            returncode: None,
+            waiting_for: Vec::new(),
+            next_retry_secs: None,
+            error: None,
+            signal: None,
+        }
     }
 
     #[test]
@@ -1096,6 +1187,55 @@ mod tests {
         // Without the escapes, the same table.
         let stripped = coloured.replace("\x1b[32m", "").replace("\x1b[0m", "");
         assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn the_table_is_unchanged() {
+        let text = json!([
+            {"name": "web", "state": "running", "pid": 4242, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": 3725.5,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+            {"name": "worker:10", "state": "backoff", "pid": null, "returncode": 3,
+             "exit_code": 3, "signal": null, "restarts": 12, "uptime_secs": null,
+             "daemon": true, "orphans": [], "since": "", "error": null,
+             "next_retry_secs": 1.25},
+            {"name": "jöb", "state": "exited", "pid": null, "returncode": -9,
+             "exit_code": null, "signal": "SIGKILL", "restarts": 1, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+            {"name": "failing", "state": "fatal", "pid": null, "returncode": 3,
+             "exit_code": 3, "signal": null, "restarts": 2, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "",
+             "error": "exit status 3 within start_secs (1s) on every try; gave up after 2 retries"},
+            {"name": "app", "state": "starting", "pid": null, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null,
+             "waiting_for": ["db", "cache:0"]},
+            {"name": "x", "state": "stopped", "pid": null, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+        ])
+        .to_string();
+        let rows: Vec<Row<'_>> = serde_json::from_str(&text).expect("rows");
+        assert_eq!(
+            status_table(&rows, false),
+            "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
+             web        running   4242  1h02m   0         -\n\
+             worker:10  backoff   -     -       12        3           retry in 1.2s\n\
+             jöb        exited    -     -       1         -9          killed by SIGKILL\n\
+             failing    fatal     -     -       2         3           exit status 3 within start_secs (1s) on every try; gave up after 2 retries\n\
+             app        starting  -     -       0         -           waiting for db, cache:0\n\
+             x          stopped   -     -       0         -\n"
+        );
+        assert_eq!(
+            status_table(&rows, true),
+            "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
+             web        \x1b[32mrunning\x1b[0m   4242  1h02m   0         -\n\
+             worker:10  \x1b[33mbackoff\x1b[0m   -     -       12        3           retry in 1.2s\n\
+             jöb        exited    -     -       1         -9          killed by SIGKILL\n\
+             failing    \x1b[31mfatal\x1b[0m     -     -       2         3           exit status 3 within start_secs (1s) on every try; gave up after 2 retries\n\
+             app        \x1b[33mstarting\x1b[0m  -     -       0         -           waiting for db, cache:0\n\
+             x          stopped   -     -       0         -\n"
+        );
     }
 
     #[test]
