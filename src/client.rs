@@ -351,8 +351,10 @@ impl Client {
                 None => break line,
             }
         };
-        let answer: Answer<T> =
-            serde_json::from_slice(&self.reader.buf[answer]).map_err(protocol)?;
+        // One check that the line is UTF-8, rather than one a string.
+        let text = std::str::from_utf8(&self.reader.buf[answer])
+            .map_err(|e| ClientError::Protocol(format!("an answer that is not UTF-8: {e}")))?;
+        let answer: Answer<T> = serde_json::from_str(text).map_err(protocol)?;
         match (answer.result, answer.error) {
             (_, Some(error)) => Err(ClientError::Rpc(error)),
             (Some(result), None) => Ok(result),
