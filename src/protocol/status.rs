@@ -140,7 +140,11 @@ pub fn write_status_result<'a>(out: &mut Vec<u8>, rows: impl IntoIterator<Item =
 /// always) is copied as it is; anything else goes through serde_json, so
 /// the escapes are serde's own.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // Every byte is looked at (no early exit), so the check vectorises.
+    let plain = !s.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

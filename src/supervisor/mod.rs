@@ -647,15 +647,15 @@ impl Supervisor {
     fn status(&mut self, names: &[String]) -> Result<Vec<ProgramStatus>, RpcError> {
         Ok(self
             .status_rows(names)?
-            .iter()
-            .map(StatusRow::to_program_status)
+            .map(|row| row.to_program_status())
             .collect())
     }
 
     /// `status` as JSON text (`{"programs":[...]}`), appended to `out`.
     fn status_json(&mut self, names: &[String], out: &mut Vec<u8>) -> Result<(), RpcError> {
         let rows = self.status_rows(names)?;
-        // About 300 bytes a row: one allocation for the whole answer.
+        // About 300 bytes a row: one allocation for the whole answer. Each
+        // row is written as it is made, never collected.
         out.reserve(64 + rows.len() * 320);
         write_status_result(out, rows);
         Ok(())
@@ -663,7 +663,10 @@ impl Supervisor {
 
     /// The rows of `status` for `names` (every program when empty), in the
     /// order `select` gives, borrowing each program's strings.
-    fn status_rows(&mut self, names: &[String]) -> Result<Vec<StatusRow<'_>>, RpcError> {
+    fn status_rows(
+        &mut self,
+        names: &[String],
+    ) -> Result<impl ExactSizeIterator<Item = StatusRow<'_>>, RpcError> {
         let selected = if names.is_empty() {
             None
         } else {
@@ -685,22 +688,19 @@ impl Supervisor {
             .map(|(_, m)| m)
             .filter(|m| !m.is_empty());
         let now = Instant::now();
-        Ok(programs
-            .into_iter()
-            .map(|p| {
-                let name = p.name();
-                let waiting_for = if p.machine.waiting {
-                    this.unmet_dependencies(name)
-                } else {
-                    Vec::new()
-                };
-                let dropped = this.outputs.get(name).map_or(0, |o| o.dropped_bytes());
-                let orphans = orphans
-                    .and_then(|m| m.get(name))
-                    .map_or(&[][..], Vec::as_slice);
-                p.status_row(now, waiting_for, orphans, dropped)
-            })
-            .collect())
+        Ok(programs.into_iter().map(move |p| {
+            let name = p.name();
+            let waiting_for = if p.machine.waiting {
+                this.unmet_dependencies(name)
+            } else {
+                Vec::new()
+            };
+            let dropped = this.outputs.get(name).map_or(0, |o| o.dropped_bytes());
+            let orphans = orphans
+                .and_then(|m| m.get(name))
+                .map_or(&[][..], Vec::as_slice);
+            p.status_row(now, waiting_for, orphans, dropped)
+        }))
     }
 
     fn remember(&mut self, names: &[String], desired: Desired) {
