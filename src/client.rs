@@ -194,7 +194,12 @@ impl LineReader {
     fn next_line(&mut self) -> Result<Option<std::ops::Range<usize>>, ClientError> {
         let mut scanned = self.start;
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[scanned..self.end]) {
+            // The portable memchr: the CPU-specific one first asks the CPU
+            // what it supports (cpuid), which costs more in a VM than
+            // scanning a whole status does.
+            if let Some(i) =
+                memchr::arch::all::memchr::One::new(b'\n').find(&self.buf[scanned..self.end])
+            {
                 let line = self.start..scanned + i;
                 self.start = scanned + i + 1;
                 return if line.len() > MAX_LINE {
