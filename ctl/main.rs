@@ -652,29 +652,84 @@ fn status(client: &mut Client, names: &[String], json_out: bool) -> Result<u8, F
         });
         return Ok(if all_running { 0 } else { 3 });
     }
-    let status: Rows<'_> = client.call_borrowed("status", params).map_err(not_found)?;
+    let cells: StatusCells<'_> = client.call_borrowed("status", params).map_err(not_found)?;
     let colour = colour_enabled(
         io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
         std::env::var_os("TERM").as_deref(),
     );
     // One write of the whole table (it ends with its newline).
-    let table = status_table(&status.programs, colour);
+    let table = cells.0.render(colour);
     let _ = io::stdout().lock().write_all(table.as_bytes());
-    let all_running = status.programs.iter().all(|p| p.state == State::Running);
-    Ok(if all_running { 0 } else { 3 })
+    Ok(if cells.0.all_running { 0 } else { 3 })
 }
 
-/// The `status` answer as the table reads it, borrowing from the answer's
-/// text: only the columns shown are decoded.
-#[derive(Debug, serde::Deserialize)]
-struct Rows<'a> {
-    #[serde(borrow)]
-    programs: Vec<Row<'a>>,
+/// The `status` answer, `{"programs": [row, ...]}`, decoded straight into
+/// the table's cells: each row is formatted as it is read, and only its
+/// cells are kept.
+struct StatusCells<'a>(Table<'a>);
+
+impl<'de> serde::Deserialize<'de> for StatusCells<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct Answer;
+        struct Rows<'t, 'de>(&'t mut Table<'de>);
+
+        impl<'de> Visitor<'de> for Answer {
+            type Value = StatusCells<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status result")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut table = Table::new();
+                let mut seen = false;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "programs" {
+                        map.next_value_seed(Rows(&mut table))?;
+                        seen = true;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if !seen {
+                    return Err(serde::de::Error::missing_field("programs"));
+                }
+                Ok(StatusCells(table))
+            }
+        }
+
+        impl<'de> DeserializeSeed<'de> for Rows<'_, 'de> {
+            type Value = ();
+
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_seq(self)
+            }
+        }
+
+        impl<'de> Visitor<'de> for Rows<'_, 'de> {
+            type Value = ();
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of status rows")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(row) = seq.next_element::<Row<'de>>()? {
+                    self.0.push(row);
+                }
+                Ok(())
+            }
+        }
+
+        deserializer.deserialize_map(Answer)
+    }
 }
 
 /// One program's columns (see `sup::protocol::ProgramStatus`).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 struct Row<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
@@ -734,39 +789,67 @@ fn state_colour(state: State) -> Option<&'static str> {
     }
 }
 
-/// The `status` table: a header, then one line a row, columns two spaces
-/// apart, each line ending with `\n`. Cells are formatted once into one
-/// buffer; the table is written into another, sized up front.
-fn status_table(rows: &[Row<'_>], colour: bool) -> String {
-    const COLUMNS: usize = 7;
-    const HEADER: [&str; COLUMNS] = [
-        "NAME",
-        "STATE",
-        "PID",
-        "UPTIME",
-        "RESTARTS",
-        "RETURNCODE",
-        "INFO",
-    ];
-    // Every cell that is not the name or the state, as places in `text`.
-    let mut text = String::with_capacity(rows.len() * 24);
-    let mut places = Vec::with_capacity(rows.len());
-    let mut num = itoa::Buffer::new();
-    for p in rows {
-        let pid = place(&mut text, |t| match p.pid {
+/// The columns of the `status` table.
+const COLUMNS: usize = 7;
+
+/// The `status` table's header.
+const HEADER: [&str; COLUMNS] = [
+    "NAME",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "RETURNCODE",
+    "INFO",
+];
+
+/// The `status` table, built a row at a time: the cells that are not the
+/// name or the state are formatted into one buffer, and the widths of the
+/// columns kept up to date.
+struct Table<'a> {
+    lines: Vec<Line<'a>>,
+    /// Every formatted cell, one after the other.
+    text: String,
+    widths: [usize; COLUMNS],
+    all_running: bool,
+}
+
+/// One row of the table: its name, its state, and where its other cells
+/// are in [`Table::text`].
+struct Line<'a> {
+    name: Cow<'a, str>,
+    state: State,
+    cells: [(u32, u32); COLUMNS - 2],
+}
+
+impl<'a> Table<'a> {
+    fn new() -> Self {
+        Table {
+            lines: Vec::new(),
+            text: String::new(),
+            widths: HEADER.map(str::len),
+            all_running: true,
+        }
+    }
+
+    /// Adds a row.
+    fn push(&mut self, p: Row<'a>) {
+        let text = &mut self.text;
+        let mut num = itoa::Buffer::new();
+        let pid = place(text, |t| match p.pid {
             Some(pid) => t.push_str(num.format(pid)),
             None => t.push('-'),
         });
-        let uptime = place(&mut text, |t| match p.uptime_secs {
+        let uptime = place(text, |t| match p.uptime_secs {
             Some(secs) => push_duration(t, secs),
             None => t.push('-'),
         });
-        let restarts = place(&mut text, |t| t.push_str(num.format(p.restarts)));
-        let returncode = place(&mut text, |t| match p.returncode {
+        let restarts = place(text, |t| t.push_str(num.format(p.restarts)));
+        let returncode = place(text, |t| match p.returncode {
             Some(rc) => t.push_str(num.format(rc)),
             None => t.push('-'),
         });
-        let info = place(&mut text, |t| {
+        let info = place(text, |t| {
             if !p.waiting_for.is_empty() {
                 t.push_str("waiting for ");
                 t.push_str(&p.waiting_for.join(", "));
@@ -779,66 +862,94 @@ fn status_table(rows: &[Row<'_>], colour: bool) -> String {
                 t.push_str(sig);
             }
         });
-        places.push([pid, uptime, restarts, returncode, info]);
+        let line = Line {
+            name: p.name,
+            state: p.state,
+            cells: [pid, uptime, restarts, returncode, info],
+        };
+        let widths = self.cells(&line).map(width);
+        for (w, c) in self.widths.iter_mut().zip(widths) {
+            *w = (*w).max(c);
+        }
+        self.all_running &= line.state == State::Running;
+        self.lines.push(line);
     }
-    let cells = |r: usize| -> [&str; COLUMNS] {
-        let p = &rows[r];
-        let [pid, uptime, restarts, returncode, info] = places[r].clone();
+
+    /// A line's cells, in column order.
+    fn cells<'t>(&'t self, line: &'t Line<'_>) -> [&'t str; COLUMNS] {
+        let cell = |(start, end): (u32, u32)| &self.text[start as usize..end as usize];
+        let [pid, uptime, restarts, returncode, info] = line.cells;
         [
-            &p.name,
-            p.state.as_str(),
-            &text[pid],
-            &text[uptime],
-            &text[restarts],
-            &text[returncode],
-            &text[info],
+            &line.name,
+            line.state.as_str(),
+            cell(pid),
+            cell(uptime),
+            cell(restarts),
+            cell(returncode),
+            cell(info),
         ]
-    };
-    let width = |s: &str| {
-        if s.is_ascii() {
-            s.len()
-        } else {
-            s.chars().count()
-        }
-    };
-    let mut widths = HEADER.map(str::len);
-    for r in 0..rows.len() {
-        for (w, c) in widths.iter_mut().zip(cells(r)) {
-            *w = (*w).max(width(c));
-        }
     }
-    let line_width: usize = widths.iter().sum::<usize>() + 2 * (COLUMNS - 1) + 1;
-    let mut out = String::with_capacity((rows.len() + 1) * (line_width + 10));
-    let line = |out: &mut String, cells: [&str; COLUMNS], sgr: Option<&str>| {
-        let start = out.len();
-        for (i, c) in cells.iter().enumerate() {
-            match sgr.filter(|_| i == 1) {
-                Some(sgr) => {
-                    let _ = write!(out, "\x1b[{sgr}m{c}\x1b[0m");
+
+    /// The text: a header, then a line a row, columns two spaces apart,
+    /// each line ending with `\n`; the state coloured with `colour`.
+    fn render(&self, colour: bool) -> String {
+        let line_width: usize = self.widths.iter().sum::<usize>() + 2 * (COLUMNS - 1) + 1;
+        let mut out = String::with_capacity((self.lines.len() + 1) * (line_width + 10));
+        let write_line = |out: &mut String, cells: [&str; COLUMNS], sgr: Option<&str>| {
+            let start = out.len();
+            for (i, c) in cells.iter().enumerate() {
+                match sgr.filter(|_| i == 1) {
+                    Some(sgr) => {
+                        let _ = write!(out, "\x1b[{sgr}m{c}\x1b[0m");
+                    }
+                    None => out.push_str(c),
                 }
-                None => out.push_str(c),
+                if i + 1 < COLUMNS {
+                    push_spaces(out, self.widths[i] - width(c) + 2);
+                }
             }
-            if i + 1 < COLUMNS {
-                push_spaces(out, widths[i] - width(c) + 2);
-            }
+            let kept = out[start..].trim_end().len();
+            out.truncate(start + kept);
+            out.push('\n');
+        };
+        write_line(&mut out, HEADER, None);
+        for line in &self.lines {
+            let sgr = if colour {
+                state_colour(line.state)
+            } else {
+                None
+            };
+            write_line(&mut out, self.cells(line), sgr);
         }
-        let kept = out[start..].trim_end().len();
-        out.truncate(start + kept);
-        out.push('\n');
-    };
-    line(&mut out, HEADER, None);
-    for (r, p) in rows.iter().enumerate() {
-        let sgr = if colour { state_colour(p.state) } else { None };
-        line(&mut out, cells(r), sgr);
+        out
     }
-    out
+}
+
+/// The `status` table of `rows`.
+#[cfg(test)]
+fn status_table(rows: Vec<Row<'_>>, colour: bool) -> String {
+    let mut table = Table::new();
+    for row in rows {
+        table.push(row);
+    }
+    table.render(colour)
+}
+
+/// How many columns `s` takes on a terminal (one a character).
+fn width(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
 }
 
 /// Appends what `write` writes to `text`; returns where it is.
-fn place(text: &mut String, write: impl FnOnce(&mut String)) -> std::ops::Range<usize> {
+fn place(text: &mut String, write: impl FnOnce(&mut String)) -> (u32, u32) {
     let start = text.len();
     write(text);
-    start..text.len()
+    // Cells of a 1 MiB answer: far below 4 GiB.
+    (start as u32, text.len() as u32)
 }
 
 /// Appends `n` spaces.
@@ -1273,9 +1384,9 @@ mod tests {
             row("web", State::Running),
             row("a-long-name", State::Stopped),
         ];
-        let plain = status_table(&rows, false);
+        let plain = status_table(rows.to_vec(), false);
         assert!(!plain.contains('\x1b'), "{plain}");
-        let coloured = status_table(&rows, true);
+        let coloured = status_table(rows.to_vec(), true);
         assert!(coloured.contains("\x1b[32mrunning\x1b[0m"), "{coloured:?}");
         // The header and stopped are not painted.
         assert!(!coloured.contains("\x1b[32mSTATE"), "{coloured:?}");
@@ -1313,7 +1424,7 @@ mod tests {
         .to_string();
         let rows: Vec<Row<'_>> = serde_json::from_str(&text).expect("rows");
         assert_eq!(
-            status_table(&rows, false),
+            status_table(rows.to_vec(), false),
             "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
              web        running   4242  1h02m   0         -\n\
              worker:10  backoff   -     -       12        3           retry in 1.2s\n\
@@ -1323,7 +1434,7 @@ mod tests {
              x          stopped   -     -       0         -\n"
         );
         assert_eq!(
-            status_table(&rows, true),
+            status_table(rows.to_vec(), true),
             "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
              web        \x1b[32mrunning\x1b[0m   4242  1h02m   0         -\n\
              worker:10  \x1b[33mbackoff\x1b[0m   -     -       12        3           retry in 1.2s\n\
