@@ -435,3 +435,119 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader whose peer writes `chunks` (one write each, so lines
+    /// straddle reads), then closes.
+    fn reader_of(chunks: Vec<Vec<u8>>) -> LineReader {
+        let (ours, mut theirs) = UnixStream::pair().expect("socketpair");
+        std::thread::spawn(move || {
+            for chunk in chunks {
+                if theirs.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+        LineReader::new(ours)
+    }
+
+    fn lines(mut r: LineReader) -> Vec<Result<Vec<u8>, String>> {
+        let mut out = Vec::new();
+        loop {
+            match r.next_line() {
+                Ok(Some(line)) => out.push(Ok(r.buf[line].to_vec())),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_cut_across_reads_and_a_last_one_without_newline_counts() {
+        let got = lines(reader_of(vec![
+            b"ab\ncd".to_vec(),
+            b"ef\n\ngh\n".to_vec(),
+            b"tail".to_vec(),
+        ]));
+        let want: Vec<Result<Vec<u8>, String>> = [&b"ab"[..], b"cdef", b"", b"gh", b"tail"]
+            .iter()
+            .map(|l| Ok(l.to_vec()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_first_buffer_is_read_whole() {
+        let long: Vec<u8> = (0..FIRST_BUFFER * 3)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect();
+        let mut first = b"short\n".to_vec();
+        first.extend_from_slice(&long[..1000]);
+        let mut rest = long[1000..].to_vec();
+        rest.extend_from_slice(b"\nnext\n");
+        let got = lines(reader_of(vec![first, rest]));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], Ok(b"short".to_vec()));
+        assert!(
+            got[1] == Ok(long),
+            "the long line comes back as it was sent"
+        );
+        assert_eq!(got[2], Ok(b"next".to_vec()));
+    }
+
+    #[test]
+    fn a_line_over_the_cap_is_an_error() {
+        let mut at_cap = vec![b'x'; MAX_LINE];
+        at_cap.push(b'\n');
+        let got = lines(reader_of(vec![at_cap]));
+        assert_eq!(got.len(), 1);
+        assert!(matches!(&got[0], Ok(l) if l.len() == MAX_LINE));
+        let over = vec![b'x'; MAX_LINE + 2];
+        let got = lines(reader_of(vec![over]));
+        assert_eq!(
+            got,
+            vec![Err(
+                "supd sent an unreadable answer: an answer longer than 1 MiB".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn answers_are_told_from_notifications() {
+        let answer = br#"{"jsonrpc":"2.0","id":7,"result":{"programs":[]}}"#;
+        assert!(as_notification(answer).expect("readable").is_none());
+        let null_id = br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x","data":{"kind":"parse_error"}}}"#;
+        assert!(as_notification(null_id).expect("readable").is_none());
+        let other_order = br#"{"method":"event","params":{"name":"web"},"jsonrpc":"2.0"}"#;
+        let n = as_notification(other_order)
+            .expect("readable")
+            .expect("a notification");
+        assert_eq!(n.method, "event");
+        assert_eq!(n.params["name"], "web");
+        assert!(as_notification(b"{oops").is_err());
+    }
+
+    #[test]
+    fn an_answer_is_decoded_in_one_pass_whatever_the_order_of_its_members() {
+        let ok: Answer<Vec<u32>> =
+            serde_json::from_str(r#"{"result":[1,2],"id":"x","jsonrpc":"2.0","extra":{"a":[]}}"#)
+                .expect("an answer");
+        assert_eq!(ok.result, Some(vec![1, 2]));
+        assert!(ok.error.is_none());
+        let err: Answer<Vec<u32>> = serde_json::from_str(
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"no such program: x","data":{"kind":"not_found"}}}"#,
+        )
+        .expect("an answer");
+        assert!(err.result.is_none());
+        assert_eq!(
+            err.error.map(|e| e.kind()),
+            Some(crate::protocol::ErrorKind::NotFound)
+        );
+    }
+}
