@@ -401,15 +401,21 @@ async fn connection(
     };
     let mut first = true;
     loop {
-        let limit = if first {
-            FIRST_REQUEST_TIMEOUT
-        } else {
-            Duration::from_secs(u64::MAX / 4)
+        // Only the first request has a deadline: no timer is set for the
+        // others.
+        let next = async {
+            if first {
+                tokio::time::timeout(FIRST_REQUEST_TIMEOUT, input.next())
+                    .await
+                    .ok()
+            } else {
+                Some(input.next().await)
+            }
         };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(limit, input.next()) => match frame {
-                Ok(frame) => frame?,
-                Err(_) => return Ok(()),
+            frame = next => match frame {
+                Some(frame) => frame?,
+                None => return Ok(()),
             },
             // The daemon is going away: an idle connection is closed.
             _ = closing.wait_for(|c| *c) => return Ok(()),

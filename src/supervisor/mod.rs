@@ -573,14 +573,18 @@ impl Supervisor {
     /// Every program, by name, pools in instance order.
     fn programs_in_order(&self) -> Vec<&Program> {
         let mut programs: Vec<&Program> = self.programs.values().collect();
-        // Nearly sorted already (the map is by name): a few comparisons.
-        programs.sort_by(|a, b| {
-            (a.group.as_str(), a.instance.unwrap_or(0), a.name()).cmp(&(
-                b.group.as_str(),
-                b.instance.unwrap_or(0),
-                b.name(),
-            ))
-        });
+        // The map is by name, which is the order wanted unless pool members
+        // (`web:10` after `web:9`) are there: a program outside a pool is
+        // its own group.
+        if programs.iter().any(|p| p.instance.is_some()) {
+            programs.sort_by(|a, b| {
+                (a.group.as_str(), a.instance.unwrap_or(0), a.name()).cmp(&(
+                    b.group.as_str(),
+                    b.instance.unwrap_or(0),
+                    b.name(),
+                ))
+            });
+        }
         programs
     }
 
