@@ -691,6 +691,17 @@ impl Supervisor {
             .as_ref()
             .map(|(_, m)| m)
             .filter(|m| !m.is_empty());
+        // Output a program dropped because its log writes failed: nearly
+        // always none, so one pass over the outputs (no hashing) rather
+        // than a lookup a row.
+        let dropped: HashMap<&str, u64> = this
+            .outputs
+            .iter()
+            .filter_map(|(name, o)| {
+                let n = o.dropped_bytes();
+                (n > 0).then_some((name.as_str(), n))
+            })
+            .collect();
         let now = Instant::now();
         Ok(programs.into_iter().map(move |p| {
             let name = p.name();
@@ -699,7 +710,10 @@ impl Supervisor {
             } else {
                 Vec::new()
             };
-            let dropped = this.outputs.get(name).map_or(0, |o| o.dropped_bytes());
+            let dropped = match dropped.is_empty() {
+                true => 0,
+                false => dropped.get(name).copied().unwrap_or(0),
+            };
             let orphans = orphans
                 .and_then(|m| m.get(name))
                 .map_or(&[][..], Vec::as_slice);
