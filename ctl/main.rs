@@ -7,7 +7,9 @@
 //! an unknown name; `wait`: the program's exit code, 128+N after signal N,
 //! 124 on timeout.
 
-use std::ffi::OsStr;
+use std::borrow::Cow;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,8 +18,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 use sup::client::{Client, ClientError, default_socket_path};
 use sup::protocol::{
-    ErrorKind, Event, Outcome, ProgramStatus, ProgramsResult, ReloadResult, State, StatusResult,
-    VersionResult,
+    ErrorKind, Event, Outcome, ProgramsResult, ReloadResult, State, VersionResult,
 };
 
 /// Control a running supd: start, stop, signal, inspect and wait for its programs.
@@ -346,7 +347,9 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = quick_status(&args, std::env::var_os("SUPD_SOCKET").as_deref())
+        .unwrap_or_else(|| Cli::parse_from(&args));
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
     let verb_name = verb_name(&cli.verb);
     match run(&cli, &socket) {
@@ -356,6 +359,52 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `supctl [--socket PATH] [--json] status [NAME...]`, read without clap.
+/// `status` is the verb monitoring runs in a loop, and building clap's
+/// command tree (every verb, every option) costs 0.12 ms and ~50 page
+/// faults of a call that takes ~1.8 ms in all. Anything else (another
+/// verb, help, `--socket=PATH`, an option after the verb, a name that
+/// starts with `-` or is not UTF-8, an empty `SUPD_SOCKET`) is `None`, and
+/// clap, which stays the definition, reads it; a test checks that the two
+/// agree wherever this answers.
+fn quick_status(args: &[OsString], env_socket: Option<&OsStr>) -> Option<Cli> {
+    let mut socket = None;
+    let mut json = false;
+    let mut rest = args.get(1..)?.iter();
+    loop {
+        let arg = rest.next()?;
+        match arg.to_str()? {
+            "--socket" | "-s" if socket.is_none() => {
+                let path = rest.next()?;
+                if path.is_empty() || path.as_encoded_bytes().starts_with(b"-") {
+                    return None;
+                }
+                socket = Some(PathBuf::from(path));
+            }
+            "--json" if !json => json = true,
+            "status" => break,
+            _ => return None,
+        }
+    }
+    let names = rest
+        .map(|name| {
+            name.to_str()
+                .filter(|n| !n.starts_with('-'))
+                .map(str::to_string)
+        })
+        .collect::<Option<Vec<String>>>()?;
+    let socket = match (socket, env_socket) {
+        (Some(path), _) => Some(path),
+        (None, Some(env)) if env.is_empty() => return None,
+        (None, env) => env.map(PathBuf::from),
+    };
+    Some(Cli {
+        socket,
+        json,
+        verb: Verb::Status { names },
+    })
 }
 
 fn verb_name(verb: &Verb) -> &'static str {
@@ -603,26 +652,119 @@ fn status(client: &mut Client, names: &[String], json_out: bool) -> Result<u8, F
         });
         return Ok(if all_running { 0 } else { 3 });
     }
-    let status: StatusResult = client.call_typed("status", params).map_err(not_found)?;
+    let cells: StatusCells<'_> = client.call_borrowed("status", params).map_err(not_found)?;
     let colour = colour_enabled(
         io::stdout().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
         std::env::var_os("TERM").as_deref(),
     );
-    out(&status_table(&status.programs, colour));
-    let all_running = status.programs.iter().all(|p| p.state == State::Running);
-    Ok(if all_running { 0 } else { 3 })
+    // One write of the whole table (it ends with its newline).
+    let table = cells.0.render(colour);
+    let _ = io::stdout().lock().write_all(table.as_bytes());
+    Ok(if cells.0.all_running { 0 } else { 3 })
 }
 
-/// Seconds as a person reads them: `45s`, `12m03s`, `5h07m`, `3d04h`.
-fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0) as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..=86399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+/// The `status` answer, `{"programs": [row, ...]}`, decoded straight into
+/// the table's cells: each row is formatted as it is read, and only its
+/// cells are kept.
+struct StatusCells<'a>(Table<'a>);
+
+impl<'de> serde::Deserialize<'de> for StatusCells<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct Answer;
+        struct Rows<'t, 'de>(&'t mut Table<'de>);
+
+        impl<'de> Visitor<'de> for Answer {
+            type Value = StatusCells<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a status result")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut table = Table::new();
+                let mut seen = false;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "programs" {
+                        map.next_value_seed(Rows(&mut table))?;
+                        seen = true;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if !seen {
+                    return Err(serde::de::Error::missing_field("programs"));
+                }
+                Ok(StatusCells(table))
+            }
+        }
+
+        impl<'de> DeserializeSeed<'de> for Rows<'_, 'de> {
+            type Value = ();
+
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_seq(self)
+            }
+        }
+
+        impl<'de> Visitor<'de> for Rows<'_, 'de> {
+            type Value = ();
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of status rows")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(row) = seq.next_element::<Row<'de>>()? {
+                    self.0.push(row);
+                }
+                Ok(())
+            }
+        }
+
+        deserializer.deserialize_map(Answer)
     }
+}
+
+/// One program's columns (see `sup::protocol::ProgramStatus`).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Row<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    state: State,
+    pid: Option<u32>,
+    uptime_secs: Option<f64>,
+    restarts: u64,
+    returncode: Option<i32>,
+    #[serde(default)]
+    waiting_for: Vec<String>,
+    #[serde(default)]
+    next_retry_secs: Option<f64>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    signal: Option<String>,
+}
+
+/// [`push_duration`]'s text on its own.
+#[cfg(test)]
+fn human_duration(secs: f64) -> String {
+    let mut out = String::new();
+    push_duration(&mut out, secs);
+    out
+}
+
+/// Appends seconds as a person reads them: `45s`, `12m03s`, `5h07m`, `3d04h`.
+fn push_duration(out: &mut String, secs: f64) {
+    let s = secs.max(0.0) as u64;
+    let _ = match s {
+        0..=59 => write!(out, "{s}s"),
+        60..=3599 => write!(out, "{}m{:02}s", s / 60, s % 60),
+        3600..=86399 => write!(out, "{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => write!(out, "{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    };
 }
 
 /// Whether `supctl status` colours its output: only on a terminal, and
@@ -647,76 +789,178 @@ fn state_colour(state: State) -> Option<&'static str> {
     }
 }
 
-fn status_table(rows: &[ProgramStatus], colour: bool) -> String {
-    let mut table = vec![[
-        "NAME".to_string(),
-        "STATE".into(),
-        "PID".into(),
-        "UPTIME".into(),
-        "RESTARTS".into(),
-        "RETURNCODE".into(),
-        "INFO".into(),
-    ]];
-    for p in rows {
-        let info = if !p.waiting_for.is_empty() {
-            format!("waiting for {}", p.waiting_for.join(", "))
-        } else if let Some(secs) = p.next_retry_secs {
-            format!("retry in {secs:.1}s")
-        } else {
-            match (&p.error, &p.signal) {
-                (Some(e), _) => e.clone(),
-                (None, Some(sig)) => format!("killed by {sig}"),
-                _ => String::new(),
-            }
-        };
-        table.push([
-            p.name.clone(),
-            p.state.to_string(),
-            p.pid.map_or("-".into(), |v| v.to_string()),
-            p.uptime_secs.map_or("-".into(), human_duration),
-            p.restarts.to_string(),
-            p.returncode.map_or("-".into(), |v| v.to_string()),
-            info,
-        ]);
-    }
-    // Row 0 is the header; the state is column 1.
-    let paint = |row: usize, col: usize| match (colour, row, col) {
-        (true, 1.., 1) => state_colour(rows[row - 1].state),
-        _ => None,
-    };
-    render(&table, paint)
+/// The columns of the `status` table.
+const COLUMNS: usize = 7;
+
+/// The `status` table's header.
+const HEADER: [&str; COLUMNS] = [
+    "NAME",
+    "STATE",
+    "PID",
+    "UPTIME",
+    "RESTARTS",
+    "RETURNCODE",
+    "INFO",
+];
+
+/// The `status` table, built a row at a time: the cells that are not the
+/// name or the state are formatted into one buffer, and the widths of the
+/// columns kept up to date.
+struct Table<'a> {
+    lines: Vec<Line<'a>>,
+    /// Every formatted cell, one after the other.
+    text: String,
+    widths: [usize; COLUMNS],
+    all_running: bool,
 }
 
-/// Aligns `rows` in columns two spaces apart. `paint(row, col)` may give an
-/// SGR colour for a cell; widths are those of the plain text.
-fn render<const N: usize>(
-    rows: &[[String; N]],
-    paint: impl Fn(usize, usize) -> Option<&'static str>,
-) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+/// One row of the table: its name, its state, and where its other cells
+/// are in [`Table::text`].
+struct Line<'a> {
+    name: Cow<'a, str>,
+    state: State,
+    cells: [(u32, u32); COLUMNS - 2],
+}
+
+impl<'a> Table<'a> {
+    fn new() -> Self {
+        Table {
+            lines: Vec::new(),
+            text: String::new(),
+            widths: HEADER.map(str::len),
+            all_running: true,
         }
     }
-    rows.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                match paint(r, i) {
-                    Some(sgr) => line.push_str(&format!("\x1b[{sgr}m{cell}\x1b[0m")),
-                    None => line.push_str(cell),
+
+    /// Adds a row.
+    fn push(&mut self, p: Row<'a>) {
+        let text = &mut self.text;
+        let mut num = itoa::Buffer::new();
+        let pid = place(text, |t| match p.pid {
+            Some(pid) => t.push_str(num.format(pid)),
+            None => t.push('-'),
+        });
+        let uptime = place(text, |t| match p.uptime_secs {
+            Some(secs) => push_duration(t, secs),
+            None => t.push('-'),
+        });
+        let restarts = place(text, |t| t.push_str(num.format(p.restarts)));
+        let returncode = place(text, |t| match p.returncode {
+            Some(rc) => t.push_str(num.format(rc)),
+            None => t.push('-'),
+        });
+        let info = place(text, |t| {
+            if !p.waiting_for.is_empty() {
+                t.push_str("waiting for ");
+                t.push_str(&p.waiting_for.join(", "));
+            } else if let Some(secs) = p.next_retry_secs {
+                let _ = write!(t, "retry in {secs:.1}s");
+            } else if let Some(e) = &p.error {
+                t.push_str(e);
+            } else if let Some(sig) = &p.signal {
+                t.push_str("killed by ");
+                t.push_str(sig);
+            }
+        });
+        let line = Line {
+            name: p.name,
+            state: p.state,
+            cells: [pid, uptime, restarts, returncode, info],
+        };
+        let widths = self.cells(&line).map(width);
+        for (w, c) in self.widths.iter_mut().zip(widths) {
+            *w = (*w).max(c);
+        }
+        self.all_running &= line.state == State::Running;
+        self.lines.push(line);
+    }
+
+    /// A line's cells, in column order.
+    fn cells<'t>(&'t self, line: &'t Line<'_>) -> [&'t str; COLUMNS] {
+        let cell = |(start, end): (u32, u32)| &self.text[start as usize..end as usize];
+        let [pid, uptime, restarts, returncode, info] = line.cells;
+        [
+            &line.name,
+            line.state.as_str(),
+            cell(pid),
+            cell(uptime),
+            cell(restarts),
+            cell(returncode),
+            cell(info),
+        ]
+    }
+
+    /// The text: a header, then a line a row, columns two spaces apart,
+    /// each line ending with `\n`; the state coloured with `colour`.
+    fn render(&self, colour: bool) -> String {
+        let line_width: usize = self.widths.iter().sum::<usize>() + 2 * (COLUMNS - 1) + 1;
+        let mut out = String::with_capacity((self.lines.len() + 1) * (line_width + 10));
+        let write_line = |out: &mut String, cells: [&str; COLUMNS], sgr: Option<&str>| {
+            let start = out.len();
+            for (i, c) in cells.iter().enumerate() {
+                match sgr.filter(|_| i == 1) {
+                    Some(sgr) => {
+                        let _ = write!(out, "\x1b[{sgr}m{c}\x1b[0m");
+                    }
+                    None => out.push_str(c),
                 }
-                if i + 1 < N {
-                    let pad = widths[i] - cell.chars().count() + 2;
-                    line.extend(std::iter::repeat_n(' ', pad));
+                if i + 1 < COLUMNS {
+                    push_spaces(out, self.widths[i] - width(c) + 2);
                 }
             }
-            line.trim_end().to_string()
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+            let kept = out[start..].trim_end().len();
+            out.truncate(start + kept);
+            out.push('\n');
+        };
+        write_line(&mut out, HEADER, None);
+        for line in &self.lines {
+            let sgr = if colour {
+                state_colour(line.state)
+            } else {
+                None
+            };
+            write_line(&mut out, self.cells(line), sgr);
+        }
+        out
+    }
+}
+
+/// The `status` table of `rows`.
+#[cfg(test)]
+fn status_table(rows: Vec<Row<'_>>, colour: bool) -> String {
+    let mut table = Table::new();
+    for row in rows {
+        table.push(row);
+    }
+    table.render(colour)
+}
+
+/// How many columns `s` takes on a terminal (one a character).
+fn width(s: &str) -> usize {
+    if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    }
+}
+
+/// Appends what `write` writes to `text`; returns where it is.
+fn place(text: &mut String, write: impl FnOnce(&mut String)) -> (u32, u32) {
+    let start = text.len();
+    write(text);
+    // Cells of a 1 MiB answer: far below 4 GiB.
+    (start as u32, text.len() as u32)
+}
+
+/// Appends `n` spaces.
+fn push_spaces(out: &mut String, n: usize) {
+    const SPACES: &str = "                                ";
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(SPACES.len());
+        out.push_str(&SPACES[..k]);
+        left -= k;
+    }
 }
 
 fn describe(verb: &str, o: &Outcome) -> String {
@@ -1047,6 +1291,54 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_status_reading_agrees_with_clap() {
+        let env = std::env::var_os("SUPD_SOCKET");
+        let quick = |args: &[&str]| {
+            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+            let cli = quick_status(&args, env.as_deref());
+            if let Some(cli) = &cli {
+                let by_clap = Cli::try_parse_from(&args).expect("clap accepts it too");
+                assert_eq!(format!("{cli:?}"), format!("{by_clap:?}"), "{args:?}");
+            }
+            cli.is_some()
+        };
+        // What it reads itself.
+        assert!(quick(&["supctl", "status"]) || env.as_deref() == Some(OsStr::new("")));
+        assert!(quick(&["supctl", "--socket", "/run/s.sock", "status"]));
+        assert!(quick(&[
+            "supctl",
+            "-s",
+            "/run/s.sock",
+            "--json",
+            "status",
+            "web",
+            "db:0"
+        ]));
+        assert!(quick(&[
+            "supctl", "--json", "--socket", "rel/s", "status", "a", "b"
+        ]));
+        // What it leaves to clap.
+        for args in [
+            &["supctl"][..],
+            &["supctl", "version"],
+            &["supctl", "status", "--json"],
+            &["supctl", "status", "-h"],
+            &["supctl", "status", "--", "-web"],
+            &["supctl", "--help", "status"],
+            &["supctl", "--socket=/run/s.sock", "status"],
+            &["supctl", "--socket", "", "status"],
+            &["supctl", "--socket", "-x", "status"],
+            &["supctl", "--socket", "a", "--socket", "b", "status"],
+            &["supctl", "--json", "--json", "status"],
+            &["supctl", "--socket"],
+            &["supctl", "stat"],
+            &["supctl", "STATUS"],
+        ] {
+            assert!(!quick(args), "{args:?}");
+        }
+    }
+
+    #[test]
     fn colour_only_on_a_terminal_without_no_color() {
         let os = |s: &'static str| Some(OsStr::new(s));
         assert!(colour_enabled(true, None, os("xterm-256color")));
@@ -1071,13 +1363,19 @@ mod tests {
         assert_eq!(state_colour(State::Exited), None);
     }
 
-    fn row(name: &str, state: State) -> ProgramStatus {
-        serde_json::from_value(json!({
-            "name": name, "state": state, "pid": null, "returncode": null,
-            "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
-            "daemon": false, "orphans": [], "since": "", "error": null,
-        }))
-        .expect("a status row")
+    fn row(name: &str, state: State) -> Row<'static> {
+        Row {
+            name: Cow::Owned(name.into()),
+            state,
+            pid: None,
+            uptime_secs: None,
+            restarts: 0,
+            returncode: None,
+            waiting_for: Vec::new(),
+            next_retry_secs: None,
+            error: None,
+            signal: None,
+        }
     }
 
     #[test]
@@ -1086,9 +1384,9 @@ mod tests {
             row("web", State::Running),
             row("a-long-name", State::Stopped),
         ];
-        let plain = status_table(&rows, false);
+        let plain = status_table(rows.to_vec(), false);
         assert!(!plain.contains('\x1b'), "{plain}");
-        let coloured = status_table(&rows, true);
+        let coloured = status_table(rows.to_vec(), true);
         assert!(coloured.contains("\x1b[32mrunning\x1b[0m"), "{coloured:?}");
         // The header and stopped are not painted.
         assert!(!coloured.contains("\x1b[32mSTATE"), "{coloured:?}");
@@ -1096,6 +1394,55 @@ mod tests {
         // Without the escapes, the same table.
         let stripped = coloured.replace("\x1b[32m", "").replace("\x1b[0m", "");
         assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn the_table_is_unchanged() {
+        let text = json!([
+            {"name": "web", "state": "running", "pid": 4242, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": 3725.5,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+            {"name": "worker:10", "state": "backoff", "pid": null, "returncode": 3,
+             "exit_code": 3, "signal": null, "restarts": 12, "uptime_secs": null,
+             "daemon": true, "orphans": [], "since": "", "error": null,
+             "next_retry_secs": 1.25},
+            {"name": "jöb", "state": "exited", "pid": null, "returncode": -9,
+             "exit_code": null, "signal": "SIGKILL", "restarts": 1, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+            {"name": "failing", "state": "fatal", "pid": null, "returncode": 3,
+             "exit_code": 3, "signal": null, "restarts": 2, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "",
+             "error": "exit status 3 within start_secs (1s) on every try; gave up after 2 retries"},
+            {"name": "app", "state": "starting", "pid": null, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null,
+             "waiting_for": ["db", "cache:0"]},
+            {"name": "x", "state": "stopped", "pid": null, "returncode": null,
+             "exit_code": null, "signal": null, "restarts": 0, "uptime_secs": null,
+             "daemon": false, "orphans": [], "since": "", "error": null},
+        ])
+        .to_string();
+        let rows: Vec<Row<'_>> = serde_json::from_str(&text).expect("rows");
+        assert_eq!(
+            status_table(rows.to_vec(), false),
+            "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
+             web        running   4242  1h02m   0         -\n\
+             worker:10  backoff   -     -       12        3           retry in 1.2s\n\
+             jöb        exited    -     -       1         -9          killed by SIGKILL\n\
+             failing    fatal     -     -       2         3           exit status 3 within start_secs (1s) on every try; gave up after 2 retries\n\
+             app        starting  -     -       0         -           waiting for db, cache:0\n\
+             x          stopped   -     -       0         -\n"
+        );
+        assert_eq!(
+            status_table(rows.to_vec(), true),
+            "NAME       STATE     PID   UPTIME  RESTARTS  RETURNCODE  INFO\n\
+             web        \x1b[32mrunning\x1b[0m   4242  1h02m   0         -\n\
+             worker:10  \x1b[33mbackoff\x1b[0m   -     -       12        3           retry in 1.2s\n\
+             jöb        exited    -     -       1         -9          killed by SIGKILL\n\
+             failing    \x1b[31mfatal\x1b[0m     -     -       2         3           exit status 3 within start_secs (1s) on every try; gave up after 2 retries\n\
+             app        \x1b[33mstarting\x1b[0m  -     -       0         -           waiting for db, cache:0\n\
+             x          stopped   -     -       0         -\n"
+        );
     }
 
     #[test]

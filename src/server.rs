@@ -26,7 +26,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::io::BufReader;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, watch};
@@ -36,7 +36,7 @@ use crate::logs::{OutputEvent, Stream};
 use crate::protocol::framing::{Frame, FrameReader, write_message};
 use crate::protocol::{
     ErrorKind, Event, MAX_LINE, NamesParams, Notification, PROTOCOL_VERSION, ProgramsResult,
-    Response, RpcError, ScaleParams, SignalParams, StatusResult, VersionResult, WaitParams,
+    Response, RpcError, ScaleParams, SignalParams, VersionResult, WaitParams,
 };
 use crate::signals::parse_signal_value;
 use crate::supervisor::{Handle, RunSpec, RunStarted, WaitTicket};
@@ -287,10 +287,32 @@ enum Follow {
     },
 }
 
-/// What `dispatch` produced: the result as JSON text.
+/// What `dispatch` produced: the result as JSON text, or the whole answer.
 enum Reply {
     Value(Box<RawValue>),
     Stream(Box<RawValue>, Follow),
+    /// The whole answer line, written in place (`status`).
+    Line(Vec<u8>),
+}
+
+/// An answer ready to go out.
+enum Answer {
+    /// Serialised as it is written.
+    Message(Response),
+    /// A whole line already, `\n` included.
+    Line(Vec<u8>),
+}
+
+impl Answer {
+    async fn write(&self, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+        match self {
+            Answer::Message(response) => write_message(writer, response).await,
+            Answer::Line(line) => {
+                writer.write_all(line).await?;
+                writer.flush().await
+            }
+        }
+    }
 }
 
 /// The read side of a connection, read ahead while a request is served so
@@ -379,15 +401,21 @@ async fn connection(
     };
     let mut first = true;
     loop {
-        let limit = if first {
-            FIRST_REQUEST_TIMEOUT
-        } else {
-            Duration::from_secs(u64::MAX / 4)
+        // Only the first request has a deadline: no timer is set for the
+        // others.
+        let next = async {
+            if first {
+                tokio::time::timeout(FIRST_REQUEST_TIMEOUT, input.next())
+                    .await
+                    .ok()
+            } else {
+                Some(input.next().await)
+            }
         };
         let frame = tokio::select! {
-            frame = tokio::time::timeout(limit, input.next()) => match frame {
-                Ok(frame) => frame?,
-                Err(_) => return Ok(()),
+            frame = next => match frame {
+                Some(frame) => frame?,
+                None => return Ok(()),
             },
             // The daemon is going away: an idle connection is closed.
             _ = closing.wait_for(|c| *c) => return Ok(()),
@@ -411,8 +439,8 @@ async fn connection(
         let follow = match input.run_while(answer(&line, &handle)).await {
             None => return Ok(()),
             Some(None) => continue, // a notification: no answer
-            Some(Some((response, follow))) => {
-                write_message(&mut writer, &response).await?;
+            Some(Some((answer, follow))) => {
+                answer.write(&mut writer).await?;
                 follow
             }
         };
@@ -703,17 +731,17 @@ fn stdin_message(line: &[u8]) -> Option<(Vec<u8>, bool)> {
 }
 
 /// Answers one line: `None` for a notification (a request without `id`).
-async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
+async fn answer(line: &[u8], handle: &Handle) -> Option<(Answer, Follow)> {
+    let refuse = |id: Value, error: RpcError| {
+        Some((Answer::Message(Response::err(id, error)), Follow::Nothing))
+    };
     let value: Value = match serde_json::from_slice(line) {
         Ok(v) => v,
         Err(e) => {
-            return Some((
-                Response::err(
-                    Value::Null,
-                    RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
-                ),
-                Follow::Nothing,
-            ));
+            return refuse(
+                Value::Null,
+                RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
+            );
         }
     };
     let id = value.get("id").cloned();
@@ -723,13 +751,10 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
         _ => Value::Null,
     };
     let invalid = |message: &str| {
-        Some((
-            Response::err(
-                reply_id.clone(),
-                RpcError::new(ErrorKind::InvalidRequest, message),
-            ),
-            Follow::Nothing,
-        ))
+        refuse(
+            reply_id.clone(),
+            RpcError::new(ErrorKind::InvalidRequest, message),
+        )
     };
     let Value::Object(obj) = &value else {
         return invalid("a request must be a JSON object (batches are not supported)");
@@ -748,20 +773,18 @@ async fn answer(line: &[u8], handle: &Handle) -> Option<(Response, Follow)> {
     };
     let params = obj.get("params").cloned();
     if !matches!(params, None | Some(Value::Object(_))) {
-        return Some((
-            Response::err(
-                reply_id,
-                RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
-            ),
-            Follow::Nothing,
-        ));
+        return refuse(
+            reply_id,
+            RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
+        );
     }
-    let result = dispatch(method, params, handle).await;
+    let result = dispatch(method, params, &reply_id, handle).await;
     id.as_ref()?;
     Some(match result {
-        Ok(Reply::Value(v)) => (Response::ok(reply_id, v), Follow::Nothing),
-        Ok(Reply::Stream(v, follow)) => (Response::ok(reply_id, v), follow),
-        Err(e) => (Response::err(reply_id, e), Follow::Nothing),
+        Ok(Reply::Value(v)) => (Answer::Message(Response::ok(reply_id, v)), Follow::Nothing),
+        Ok(Reply::Stream(v, follow)) => (Answer::Message(Response::ok(reply_id, v)), follow),
+        Ok(Reply::Line(line)) => (Answer::Line(line), Follow::Nothing),
+        Err(e) => (Answer::Message(Response::err(reply_id, e)), Follow::Nothing),
     })
 }
 
@@ -837,8 +860,25 @@ fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Box<RawValue>, Rp
     to_value(ProgramsResult { programs: outcomes })
 }
 
-async fn dispatch(method: &str, p: Option<Value>, handle: &Handle) -> Result<Reply, RpcError> {
+/// Runs `method`. `id` is the answer's, for a result written in place.
+async fn dispatch(
+    method: &str,
+    p: Option<Value>,
+    id: &Value,
+    handle: &Handle,
+) -> Result<Reply, RpcError> {
     match method {
+        "status" => {
+            let sel: NamesParams = params(method, p)?;
+            let names = if sel.all { Vec::new() } else { sel.names };
+            // The rows are written straight after the answer's head, in
+            // the buffer that goes to the socket.
+            let mut line = Vec::new();
+            Response::write_head(&mut line, id);
+            let mut line = handle.status_json(names, line).await?;
+            line.extend_from_slice(Response::TAIL);
+            Ok(Reply::Line(line))
+        }
         "events" => {
             let _: NamesParams = params(method, p)?;
             let rx = handle.subscribe().await?;
@@ -920,15 +960,6 @@ async fn dispatch_value(
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
         }),
-        "status" => {
-            let sel: NamesParams = params(method, p)?;
-            let programs = if sel.all {
-                handle.status(Vec::new()).await?
-            } else {
-                handle.status(sel.names).await?
-            };
-            to_value(StatusResult { programs })
-        }
         "start" => programs(handle.start(params(method, p)?).await?),
         "stop" => programs(handle.stop(params(method, p)?, false).await?),
         "kill" => programs(handle.stop(params(method, p)?, true).await?),

@@ -24,8 +24,10 @@
 //! raised when a method is added.
 
 pub mod framing;
+mod status;
 mod types;
 
+pub use status::*;
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +102,21 @@ impl Response {
             error: Some(error),
         }
     }
+
+    /// Appends the start of a success answer, `{"jsonrpc":"2.0","id":ID,"result":`,
+    /// to `out`: the result's text follows it, then [`Response::TAIL`]. How
+    /// a large result (`status`) is written straight into the answer's
+    /// buffer; the text is what serde makes of [`Response::ok`].
+    pub fn write_head(out: &mut Vec<u8>, id: &Value) {
+        out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        // Writing to a Vec cannot fail, and a Value always serialises.
+        let _ = serde_json::to_writer(&mut *out, id);
+        out.extend_from_slice(br#","result":"#);
+    }
+
+    /// What ends an answer begun with [`Response::write_head`], its line's
+    /// `\n` included.
+    pub const TAIL: &[u8] = b"}\n";
 }
 
 /// A notification sent by the daemon on a streaming connection (`wait`,

@@ -84,6 +84,17 @@ impl Handle {
         self.ask(|reply| Msg::Status { names, reply }).await
     }
 
+    /// `status` as JSON text, `{"programs":[...]}`, appended to `out`
+    /// (which comes back): the supervisor writes the answer straight into
+    /// the connection's buffer, without an owned copy of any row.
+    ///
+    /// # Errors
+    /// `not_found` for an unknown name.
+    pub async fn status_json(&self, names: Vec<String>, out: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+        self.ask(|reply| Msg::StatusJson { names, out, reply })
+            .await
+    }
+
     /// `start`: returns once each program is `running` (or has exited cleanly
     /// during `start_secs`), or has failed.
     ///

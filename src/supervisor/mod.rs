@@ -41,7 +41,8 @@ pub use run::RUN_STOP_TIMEOUT;
 
 use crate::config::{Config, ProgramConfig};
 use crate::protocol::{
-    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError, State, WaitResult,
+    ErrorKind, Event, NamesParams, Outcome, ProgramStatus, RpcError, State, StatusRow, WaitResult,
+    write_status_result,
 };
 use crate::signals::Sig;
 use crate::spawn;
@@ -145,6 +146,16 @@ pub enum Msg {
         names: Vec<String>,
         /// The rows.
         reply: Reply<Vec<ProgramStatus>>,
+    },
+    /// `status` as JSON text: `{"programs":[...]}` appended to `out`, which
+    /// comes back in the reply (the answer's buffer, its head written).
+    StatusJson {
+        /// Program or pool names.
+        names: Vec<String>,
+        /// Where the text goes.
+        out: Vec<u8>,
+        /// `out`, with the result appended.
+        reply: Reply<Vec<u8>>,
     },
     /// `start`: one pending outcome a program.
     Start {
@@ -455,6 +466,13 @@ impl Supervisor {
             Msg::Status { names, reply } => {
                 let _ = reply.send(self.status(&names));
             }
+            Msg::StatusJson {
+                names,
+                mut out,
+                reply,
+            } => {
+                let _ = reply.send(self.status_json(&names, &mut out).map(|()| out));
+            }
             Msg::Start { select, reply } => {
                 let _ = reply.send(self.start(&select));
             }
@@ -548,13 +566,28 @@ impl Supervisor {
 
     /// Every program name, pools in instance order.
     fn all_names(&self) -> Vec<String> {
-        let mut names: Vec<(&str, u32, &str)> = self
-            .programs
-            .values()
-            .map(|p| (p.group.as_str(), p.instance.unwrap_or(0), p.name()))
-            .collect();
-        names.sort();
-        names.into_iter().map(|(_, _, n)| n.to_string()).collect()
+        self.programs_in_order()
+            .into_iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+
+    /// Every program, by name, pools in instance order.
+    fn programs_in_order(&self) -> Vec<&Program> {
+        let mut programs: Vec<&Program> = self.programs.values().collect();
+        // The map is by name, which is the order wanted unless pool members
+        // (`web:10` after `web:9`) are there: a program outside a pool is
+        // its own group.
+        if programs.iter().any(|p| p.instance.is_some()) {
+            programs.sort_by(|a, b| {
+                (a.group.as_str(), a.instance.unwrap_or(0), a.name()).cmp(&(
+                    b.group.as_str(),
+                    b.instance.unwrap_or(0),
+                    b.name(),
+                ))
+            });
+        }
+        programs
     }
 
     /// Resolves a selection to program names: a program's own name, or a
@@ -618,31 +651,76 @@ impl Supervisor {
     }
 
     fn status(&mut self, names: &[String]) -> Result<Vec<ProgramStatus>, RpcError> {
-        let select = NamesParams {
-            names: names.to_vec(),
-            all: false,
-        };
-        let names = self.select(&select, true)?;
-        self.orphans_seen();
-        let empty = HashMap::new();
-        let orphans = self.orphan_scan.as_ref().map_or(&empty, |(_, m)| m);
-        Ok(names
-            .iter()
-            .map(|n| {
-                let p = &self.programs[n];
-                let waiting_for = if p.machine.waiting {
-                    self.unmet_dependencies(n)
-                } else {
-                    Vec::new()
-                };
-                let dropped = self.outputs.get(n).map_or(0, |o| o.dropped_bytes());
-                p.status(
-                    waiting_for,
-                    orphans.get(n).cloned().unwrap_or_default(),
-                    dropped,
-                )
-            })
+        Ok(self
+            .status_rows(names)?
+            .map(|row| row.to_program_status())
             .collect())
+    }
+
+    /// `status` as JSON text (`{"programs":[...]}`), appended to `out`.
+    fn status_json(&mut self, names: &[String], out: &mut Vec<u8>) -> Result<(), RpcError> {
+        let rows = self.status_rows(names)?;
+        // About 300 bytes a row: one allocation for the whole answer. Each
+        // row is written as it is made, never collected.
+        out.reserve(64 + rows.len() * 320);
+        write_status_result(out, rows);
+        Ok(())
+    }
+
+    /// The rows of `status` for `names` (every program when empty), in the
+    /// order `select` gives, borrowing each program's strings.
+    fn status_rows(
+        &mut self,
+        names: &[String],
+    ) -> Result<impl ExactSizeIterator<Item = StatusRow<'_>>, RpcError> {
+        let selected = if names.is_empty() {
+            None
+        } else {
+            let select = NamesParams {
+                names: names.to_vec(),
+                all: false,
+            };
+            Some(self.select(&select, true)?)
+        };
+        self.orphans_seen();
+        let this = &*self;
+        let programs: Vec<&Program> = match &selected {
+            Some(names) => names.iter().map(|n| &this.programs[n]).collect(),
+            None => this.programs_in_order(),
+        };
+        let orphans = this
+            .orphan_scan
+            .as_ref()
+            .map(|(_, m)| m)
+            .filter(|m| !m.is_empty());
+        // Output a program dropped because its log writes failed: nearly
+        // always none, so one pass over the outputs (no hashing) rather
+        // than a lookup a row.
+        let dropped: HashMap<&str, u64> = this
+            .outputs
+            .iter()
+            .filter_map(|(name, o)| {
+                let n = o.dropped_bytes();
+                (n > 0).then_some((name.as_str(), n))
+            })
+            .collect();
+        let now = Instant::now();
+        Ok(programs.into_iter().map(move |p| {
+            let name = p.name();
+            let waiting_for = if p.machine.waiting {
+                this.unmet_dependencies(name)
+            } else {
+                Vec::new()
+            };
+            let dropped = match dropped.is_empty() {
+                true => 0,
+                false => dropped.get(name).copied().unwrap_or(0),
+            };
+            let orphans = orphans
+                .and_then(|m| m.get(name))
+                .map_or(&[][..], Vec::as_slice);
+            p.status_row(now, waiting_for, orphans, dropped)
+        }))
     }
 
     fn remember(&mut self, names: &[String], desired: Desired) {

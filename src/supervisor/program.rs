@@ -9,9 +9,7 @@ use tokio::task::AbortHandle;
 use super::Msg;
 use super::machine::Machine;
 use crate::config::ProgramConfig;
-use crate::protocol::{
-    ErrorKind, ExitStatus, Outcome, OutcomeError, ProgramStatus, State, WaitResult,
-};
+use crate::protocol::{ErrorKind, ExitStatus, Outcome, OutcomeError, State, StatusRow, WaitResult};
 use crate::spawn::Child;
 
 /// How the last run ended.
@@ -142,31 +140,35 @@ impl Program {
         }
     }
 
-    pub fn status(
-        &self,
+    /// Its `status` row, borrowing its strings; `now` is the one instant
+    /// every row of an answer is measured from.
+    pub fn status_row<'a>(
+        &'a self,
+        now: Instant,
         waiting_for: Vec<String>,
-        orphans: Vec<u32>,
+        orphans: &'a [u32],
         log_dropped_bytes: u64,
-    ) -> ProgramStatus {
+    ) -> StatusRow<'a> {
         let last = self.ended();
-        ProgramStatus {
-            name: self.cfg.name.clone(),
+        StatusRow {
+            name: &self.cfg.name,
             state: self.state(),
             pid: self.pid(),
             returncode: last.and_then(|l| l.status.returncode()),
             exit_code: last.and_then(|l| l.status.code),
             signal: last.and_then(|l| l.status.signal_name()),
             restarts: self.restarts,
-            uptime_secs: self.child.as_ref().map(|c| millis(c.started.elapsed())),
+            uptime_secs: self
+                .child
+                .as_ref()
+                .map(|c| millis(now.saturating_duration_since(c.started))),
             daemon: self.cfg.daemon,
             orphans,
-            since: self.since.clone(),
-            error: self.error.clone(),
+            since: &self.since,
+            error: self.error.as_deref(),
             exited_at: last.map(|l| rfc3339(l.at)),
             next_retry_secs: match (self.state(), self.retry_at) {
-                (State::Backoff, Some(at)) => {
-                    Some(millis(at.saturating_duration_since(Instant::now())))
-                }
+                (State::Backoff, Some(at)) => Some(millis(at.saturating_duration_since(now))),
                 _ => None,
             },
             waiting_for,
