@@ -8,7 +8,7 @@
 //! 124 on timeout.
 
 use std::borrow::Cow;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -347,9 +347,7 @@ impl From<ClientError> for Failure {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = quick_status(&args, std::env::var_os("SUPD_SOCKET").as_deref())
-        .unwrap_or_else(|| Cli::parse_from(&args));
+    let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(default_socket_path);
     let verb_name = verb_name(&cli.verb);
     match run(&cli, &socket) {
@@ -359,52 +357,6 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
-}
-
-/// `supctl [--socket PATH] [--json] status [NAME...]`, read without clap.
-/// `status` is the verb monitoring runs in a loop, and building clap's
-/// command tree (every verb, every option) costs 0.12 ms and ~50 page
-/// faults of a call that takes ~1.8 ms in all. Anything else (another
-/// verb, help, `--socket=PATH`, an option after the verb, a name that
-/// starts with `-` or is not UTF-8, an empty `SUPD_SOCKET`) is `None`, and
-/// clap, which stays the definition, reads it; a test checks that the two
-/// agree wherever this answers.
-fn quick_status(args: &[OsString], env_socket: Option<&OsStr>) -> Option<Cli> {
-    let mut socket = None;
-    let mut json = false;
-    let mut rest = args.get(1..)?.iter();
-    loop {
-        let arg = rest.next()?;
-        match arg.to_str()? {
-            "--socket" | "-s" if socket.is_none() => {
-                let path = rest.next()?;
-                if path.is_empty() || path.as_encoded_bytes().starts_with(b"-") {
-                    return None;
-                }
-                socket = Some(PathBuf::from(path));
-            }
-            "--json" if !json => json = true,
-            "status" => break,
-            _ => return None,
-        }
-    }
-    let names = rest
-        .map(|name| {
-            name.to_str()
-                .filter(|n| !n.starts_with('-'))
-                .map(str::to_string)
-        })
-        .collect::<Option<Vec<String>>>()?;
-    let socket = match (socket, env_socket) {
-        (Some(path), _) => Some(path),
-        (None, Some(env)) if env.is_empty() => return None,
-        (None, env) => env.map(PathBuf::from),
-    };
-    Some(Cli {
-        socket,
-        json,
-        verb: Verb::Status { names },
-    })
 }
 
 fn verb_name(verb: &Verb) -> &'static str {
@@ -1288,54 +1240,6 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn the_quick_status_reading_agrees_with_clap() {
-        let env = std::env::var_os("SUPD_SOCKET");
-        let quick = |args: &[&str]| {
-            let args: Vec<OsString> = args.iter().map(OsString::from).collect();
-            let cli = quick_status(&args, env.as_deref());
-            if let Some(cli) = &cli {
-                let by_clap = Cli::try_parse_from(&args).expect("clap accepts it too");
-                assert_eq!(format!("{cli:?}"), format!("{by_clap:?}"), "{args:?}");
-            }
-            cli.is_some()
-        };
-        // What it reads itself.
-        assert!(quick(&["supctl", "status"]) || env.as_deref() == Some(OsStr::new("")));
-        assert!(quick(&["supctl", "--socket", "/run/s.sock", "status"]));
-        assert!(quick(&[
-            "supctl",
-            "-s",
-            "/run/s.sock",
-            "--json",
-            "status",
-            "web",
-            "db:0"
-        ]));
-        assert!(quick(&[
-            "supctl", "--json", "--socket", "rel/s", "status", "a", "b"
-        ]));
-        // What it leaves to clap.
-        for args in [
-            &["supctl"][..],
-            &["supctl", "version"],
-            &["supctl", "status", "--json"],
-            &["supctl", "status", "-h"],
-            &["supctl", "status", "--", "-web"],
-            &["supctl", "--help", "status"],
-            &["supctl", "--socket=/run/s.sock", "status"],
-            &["supctl", "--socket", "", "status"],
-            &["supctl", "--socket", "-x", "status"],
-            &["supctl", "--socket", "a", "--socket", "b", "status"],
-            &["supctl", "--json", "--json", "status"],
-            &["supctl", "--socket"],
-            &["supctl", "stat"],
-            &["supctl", "STATUS"],
-        ] {
-            assert!(!quick(args), "{args:?}");
-        }
     }
 
     #[test]
