@@ -574,7 +574,7 @@ impl Supervisor {
 
     /// Every program, by name, pools in instance order.
     fn programs_in_order(&self) -> Vec<&Program> {
-        let mut programs: Vec<&Program> = self.programs.values().collect();
+        let mut programs: Vec<&Program> = self.programs.values().map(|p| &**p).collect();
         // The map is by name, which is the order wanted unless pool members
         // (`web:10` after `web:9`) are there: a program outside a pool is
         // its own group.
@@ -685,7 +685,7 @@ impl Supervisor {
         self.orphans_seen();
         let this = &*self;
         let programs: Vec<&Program> = match &selected {
-            Some(names) => names.iter().map(|n| &this.programs[n]).collect(),
+            Some(names) => names.iter().map(|n| &*this.programs[n]).collect(),
             None => this.programs_in_order(),
         };
         let orphans = this
