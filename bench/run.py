@@ -1000,6 +1000,11 @@ class Bench:
         if not wait_for(peer.ready, 30, 0.05):
             self.notes.append("%s: its control interface never answered" % cls.name)
             return peer, None
+        # The other workloads measure a supervisor at rest: every program
+        # up by its own rules (supd and supervisord count a program as
+        # running once it has stayed up for start_secs/startsecs, 1 s).
+        if not wait_for(lambda: peer.all_up(n), 30, 0.1):
+            self.notes.append("%s: not every program was up 30 s after the start" % cls.name)
         return peer, elapsed
 
     def status_cli(self, peer, n):
