@@ -311,15 +311,10 @@ impl Ring {
     fn settle(&mut self, name: &str) {
         while let Some(raw) = self.raw.pop_front() {
             let time = crate::supervisor::rfc3339(raw.time);
-            let body = raw.bytes.strip_suffix(b"\n").unwrap_or(&raw.bytes);
             // Only the lines the ring can keep.
-            let mut start = 0;
-            if raw.lines > RING_LINES {
-                if let Some(nl) = memchr::memrchr_iter(b'\n', body).nth(RING_LINES - 1) {
-                    start = nl + 1;
-                }
-            }
-            for line in body[start..].split(|&b| b == b'\n') {
+            let kept = &raw.bytes[ring_tail(&raw.bytes)..];
+            let body = kept.strip_suffix(b"\n").unwrap_or(kept);
+            for line in body.split(|&b| b == b'\n') {
                 self.push_line(LogLine {
                     name: name.to_string(),
                     stream: raw.stream,
@@ -859,6 +854,13 @@ impl ProgramOutput {
     }
 }
 
+/// Where a read's whole lines end: the index of its last newline, when
+/// what follows it (a line begun, carried to the next read) is shorter
+/// than [`MAX_LINE_BYTES`].
+fn whole_lines_end(data: &[u8]) -> Option<usize> {
+    memchr::memrchr(b'\n', data).filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES)
+}
+
 /// Whether `body` is whole lines that the fast paths can take as they
 /// are: it ends with a newline and has no line longer than
 /// [`MAX_LINE_BYTES`]. Such a line holds a whole aligned window of half
@@ -1136,9 +1138,7 @@ impl Followed {
             }
             let data = &buf[..n];
             if self.partial.is_empty() {
-                let last_nl = memchr::memrchr(b'\n', data)
-                    .filter(|&nl| data.len() - (nl + 1) < MAX_LINE_BYTES);
-                if let Some(nl) = last_nl {
+                if let Some(nl) = whole_lines_end(data) {
                     if out.ring_chunk(stream, &data[..=nl]) {
                         self.partial.extend_from_slice(&data[nl + 1..]);
                         tokio::task::yield_now().await;
@@ -1275,9 +1275,7 @@ pub async fn drain(out: Arc<ProgramOutput>, stream: Stream, fd: OwnedFd, run: u6
         };
         // A flood of plain lines: written as it came (see plain_chunk).
         if partial.is_empty() {
-            let last_nl =
-                memchr::memrchr(b'\n', &buf).filter(|&nl| buf.len() - (nl + 1) < MAX_LINE_BYTES);
-            if let Some(nl) = last_nl {
+            if let Some(nl) = whole_lines_end(&buf) {
                 partial.extend_from_slice(&buf[nl + 1..]);
                 buf.truncate(nl + 1);
                 match out.plain_chunk(stream, buf) {
