@@ -57,8 +57,8 @@ pub enum Input {
     /// became `fatal`, or `exited` (within its `start_secs`, or after a run
     /// while another dependency was not up yet). The start failed: `fatal`.
     DepFailed,
-    /// A dependency it was waiting for was stopped (by a user, or a reload
-    /// or scale that removes it) before it was `running`: the start is
+    /// A dependency it was waiting for was stopped (`supctl stop` or
+    /// `kill`) before it was `running`: the start is
     /// called off, as systemd's `Requires=` carries a stop over to the
     /// units that need it: `stopped`.
     DepStopped,

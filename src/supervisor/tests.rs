@@ -234,6 +234,15 @@ fn group_without_its_leader() -> (u32, std::os::fd::OwnedFd, std::os::fd::OwnedF
     (leader.id(), leader_fd, member_fd)
 }
 
+/// SIGKILLs the process a pidfd names when dropped (a test's leftover).
+struct KillOnDrop(std::os::fd::OwnedFd);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = spawn::pidfd_send_signal(&self.0, libc::SIGKILL);
+    }
+}
+
 #[tokio::test]
 async fn signal_group_of_a_dead_adopted_leader_signals_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -242,6 +251,7 @@ async fn signal_group_of_a_dead_adopted_leader_signals_nothing() {
         &dir,
     );
     let (leader, leader_fd, member_fd) = group_without_its_leader();
+    let member_fd = KillOnDrop(member_fd);
     // The adopted keeper's process has ended; supd has not heard yet (its
     // pidfd watch is a message away), and its pid is no zombie of ours.
     let p = sup.programs.get_mut("keeper").expect("keeper");
@@ -255,9 +265,51 @@ async fn signal_group_of_a_dead_adopted_leader_signals_nothing() {
     let outs = sup
         .signal(&names("keeper"), crate::signals::Sig(libc::SIGTERM), true)
         .expect("signal");
-    let alive = spawn::pidfd_send_signal(&member_fd, 0).is_ok();
-    let _ = spawn::pidfd_send_signal(&member_fd, libc::SIGKILL);
-    assert!(alive, "the group was signalled after its leader died");
+    assert!(
+        spawn::pidfd_send_signal(&member_fd.0, 0).is_ok(),
+        "the group was signalled after its leader died"
+    );
     let err = outs[0].error.as_ref().expect("an error");
     assert_eq!(err.kind, ErrorKind::NotRunning, "{}", err.message);
+}
+
+#[tokio::test]
+async fn a_queued_start_no_longer_waits_for_a_pool_member_scaled_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sup = supervisor(
+        r#"
+[program.db]
+command = ["/nonexistent/sup-test-db"]
+autostart = false
+instances = 2
+
+[program.web]
+command = ["/nonexistent/sup-test-web"]
+autostart = false
+depends_on = ["db"]
+"#,
+        &dir,
+    );
+    pretend(&mut sup, "db:0", State::Running);
+    pretend(&mut sup, "db:1", State::Starting);
+    let pending = sup.start(&names("web")).expect("start web");
+    sup.settle();
+    assert_eq!(sup.unmet_dependencies("web"), ["db:1"]);
+    let _down = sup.scale("db", 1).expect("scale db 1");
+    sup.settle();
+    assert!(sup.programs["web"].machine.waiting, "db:1 is still stopping");
+    sup.feed("db:1", exit(0));
+    sup.settle();
+    assert!(!sup.programs.contains_key("db:1"));
+    // web was spawned (and failed: its binary is missing).
+    let web = &sup.programs["web"];
+    assert!(!web.machine.waiting);
+    assert!(
+        web.error
+            .as_deref()
+            .is_some_and(|e| e.contains("/nonexistent/sup-test-web")),
+        "{:?}",
+        web.error
+    );
+    assert_eq!(answer(pending).error.map(|e| e.kind), Some(ErrorKind::Spawn));
 }

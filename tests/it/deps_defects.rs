@@ -91,10 +91,15 @@ impl Events {
         }
     }
 
-    /// Everything received so far.
-    fn drain(&mut self) -> &[Value] {
-        while let Ok(e) = self.rx.try_recv() {
-            self.seen.push(e);
+    /// Receives until an event satisfies `pred`; everything received so far.
+    fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> &[Value] {
+        let end = Instant::now() + DEADLINE;
+        while !self.seen.iter().any(&pred) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(e) => self.seen.push(e),
+                Err(_) => panic!("no event {what} within {DEADLINE:?}; seen: {:?}", self.seen),
+            }
         }
         &self.seen
     }
@@ -190,12 +195,23 @@ fn wait_ignores_or_catches_term(pid: u32) {
 
 // ------------------------------------------------------------------ scale
 
+/// Whether `pid` leads its process group (a program's main process does;
+/// a fork of its shell, not yet exec'ing `sleep`, does not).
+fn leads_its_group(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.get(2) == Some(&pid.to_string()))
+}
+
 /// Live `sh` main processes of pool members, by member name.
 fn live_members(supd: &Supd) -> Vec<(String, u32)> {
     let mut found: Vec<(String, u32)> = supd
         .marked_processes()
         .into_iter()
-        .filter(|&p| alive(p) && !is_sentinel(p) && cmdline(p).first().is_some_and(|a| a == "sh"))
+        .filter(|&p| {
+            alive(p)
+                && !is_sentinel(p)
+                && leads_its_group(p)
+                && cmdline(p).first().is_some_and(|a| a == "sh")
+        })
         .filter_map(|p| Some((environ_var(p, "SUP_PROGRAM")?, p)))
         .collect();
     found.sort();
@@ -246,7 +262,11 @@ fn scale_down_then_up_at_once_ends_with_the_new_size() {
     );
     // Never two processes for web:2: the old one stopped before the new
     // one was spawned.
-    let seen = events.drain().to_vec();
+    let seen = events
+        .until("web:2 with its new pid", |e| {
+            e["name"] == "web:2" && e["pid"] == json!(new2)
+        })
+        .to_vec();
     let of2: Vec<&Value> = seen.iter().filter(|e| e["name"] == "web:2").collect();
     let stopped = of2.iter().position(|e| e["to"] == "stopped");
     let spawned = of2.iter().position(|e| e["pid"] == json!(new2));
