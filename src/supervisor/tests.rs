@@ -297,7 +297,10 @@ depends_on = ["db"]
     assert_eq!(sup.unmet_dependencies("web"), ["db:1"]);
     let _down = sup.scale("db", 1).expect("scale db 1");
     sup.settle();
-    assert!(sup.programs["web"].machine.waiting, "db:1 is still stopping");
+    assert!(
+        sup.programs["web"].machine.waiting,
+        "db:1 is still stopping"
+    );
     sup.feed("db:1", exit(0));
     sup.settle();
     assert!(!sup.programs.contains_key("db:1"));
@@ -311,5 +314,8 @@ depends_on = ["db"]
         "{:?}",
         web.error
     );
-    assert_eq!(answer(pending).error.map(|e| e.kind), Some(ErrorKind::Spawn));
+    assert_eq!(
+        answer(pending).error.map(|e| e.kind),
+        Some(ErrorKind::Spawn)
+    );
 }
