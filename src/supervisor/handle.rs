@@ -49,6 +49,42 @@ async fn collect(pending: Vec<Pending>) -> Result<Vec<Outcome>, RpcError> {
     Ok(outcomes)
 }
 
+/// Reads and validates the configuration file on a thread of its own:
+/// `user`, `group` and `allow_users` are looked up through NSS (LDAP, SSSD:
+/// the network, at worst), and the file itself may be slow to read. The
+/// runtime's only thread, where the supervisor answers every request, never
+/// waits for either. A plain thread rather than tokio's blocking pool: a
+/// lookup that never returns must not hold up supd's exit (dropping the
+/// runtime waits for blocking-pool tasks; a detached thread ends with the
+/// process).
+///
+/// # Errors
+/// `config` with the file's problems; `internal` if the thread cannot be
+/// started or dies.
+async fn load_config(path: &std::path::Path) -> Result<crate::config::Config, RpcError> {
+    let (tx, rx) = oneshot::channel();
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("supd-config".into())
+        .spawn(move || {
+            let _ = tx.send(crate::config::Config::load(&path));
+        })
+        .map_err(|e| {
+            RpcError::new(
+                ErrorKind::Internal,
+                format!("cannot start a thread to read the configuration: {e}"),
+            )
+        })?;
+    rx.await
+        .map_err(|_| {
+            RpcError::new(
+                ErrorKind::Internal,
+                "the thread reading the configuration died; see supd's log",
+            )
+        })?
+        .map_err(|e| RpcError::new(ErrorKind::Config, e.to_string()))
+}
+
 impl Handle {
     pub(super) fn new(tx: mpsc::UnboundedSender<Msg>, config_path: std::path::PathBuf) -> Self {
         Handle {
@@ -221,8 +257,7 @@ impl Handle {
     pub async fn reload(&self) -> Result<ReloadResult, RpcError> {
         crate::notify::send(&[crate::notify::NotifyState::Reloading]);
         let outcome = async {
-            let config = crate::config::Config::load(&self.config_path)
-                .map_err(|e| RpcError::new(ErrorKind::Config, e.to_string()))?;
+            let config = load_config(&self.config_path).await?;
             let (mut result, pending) = self
                 .ask(|reply| Msg::Reload {
                     config: Box::new(config),

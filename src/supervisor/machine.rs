@@ -11,6 +11,10 @@
 //!                                   backoff ◄────────────────┘
 //!  starting/running ── Stop ──► stopping ── exit ──► stopped
 //!                               (StopTimeout: SIGKILL, escalated)
+//!
+//!  stopped ── Queue ──► starting, waiting (no process) ── DepsReady ──► Spawn
+//!                          │ DepFailed (a dependency fatal or exited) ──► fatal
+//!                          └ DepStopped, Stop, Kill ──────────────────► stopped
 //! ```
 
 use std::time::Duration;
@@ -49,8 +53,15 @@ pub enum Input {
     Queue,
     /// Every dependency is `running` now.
     DepsReady,
-    /// A dependency it was waiting for became `fatal`.
+    /// A dependency it was waiting for ended without being `running`: it
+    /// became `fatal`, or `exited` (within its `start_secs`, or after a run
+    /// while another dependency was not up yet). The start failed: `fatal`.
     DepFailed,
+    /// A dependency it was waiting for was stopped (`supctl stop` or
+    /// `kill`) before it was `running`: the start is
+    /// called off, as systemd's `Requires=` carries a stop over to the
+    /// units that need it: `stopped`.
+    DepStopped,
     /// At start-up, a process this program had under an earlier supd was
     /// found alive and adopted: it is `running`.
     Adopted,
@@ -249,6 +260,11 @@ impl Machine {
             Input::DepFailed => {
                 self.waiting = false;
                 self.state = State::Fatal;
+                vec![]
+            }
+            Input::DepStopped => {
+                self.waiting = false;
+                self.state = State::Stopped;
                 vec![]
             }
             Input::Stop | Input::Kill => {
@@ -544,6 +560,40 @@ mod tests {
         assert_eq!(m.step(Input::Stop, &c), [CancelTimer]);
         assert_eq!(m.state, State::Stopped);
         assert!(!m.waiting);
+    }
+
+    #[test]
+    fn a_queued_start_is_called_off_when_its_dependency_is_stopped() {
+        let c = cfg();
+        let mut m = Machine::default();
+        m.step(Input::Queue, &c);
+        assert_eq!(m.step(Input::DepStopped, &c), []);
+        assert_eq!(m.state, State::Stopped);
+        assert!(!m.waiting);
+        // It can be started again as usual.
+        assert_eq!(m.step(Input::Start, &c), [CancelTimer, Spawn]);
+        assert_eq!(m.state, State::Starting);
+    }
+
+    #[test]
+    fn dependency_endings_mean_nothing_to_a_program_not_waiting() {
+        let c = cfg();
+        for input in [Input::DepFailed, Input::DepStopped, Input::DepsReady] {
+            // Started with its own process, or running: not waiting.
+            let mut m = Machine::default();
+            m.step(Input::Start, &c);
+            let before = m.clone();
+            assert_eq!(m.step(input, &c), [], "{input:?} while starting");
+            assert_eq!(m, before);
+            let mut m = running(&c);
+            let before = m.clone();
+            assert_eq!(m.step(input, &c), [], "{input:?} while running");
+            assert_eq!(m, before);
+            // Nor to one without a process.
+            let mut m = Machine::default();
+            assert_eq!(m.step(input, &c), [], "{input:?} while stopped");
+            assert_eq!(m.state, State::Stopped);
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod orphans;
 mod program;
 mod reload;
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -764,7 +766,9 @@ impl Supervisor {
     }
 
     /// Starts `name` now, or queues it behind its dependencies (starting
-    /// those that are not up or on their way).
+    /// those that are not up or on their way). A dependency that is still
+    /// stopping is started again once it has stopped (never two processes
+    /// of one program), as systemd queues a start behind a running stop.
     fn start_one(&mut self, name: &str) {
         let unmet = self.unmet_dependencies(name);
         if unmet.is_empty() {
@@ -773,11 +777,17 @@ impl Supervisor {
         }
         self.feed(name, Input::Queue);
         for dep in unmet {
-            let Some(d) = self.programs.get(&dep) else {
+            let Some(d) = self.programs.get_mut(&dep) else {
                 continue;
             };
-            if matches!(d.state(), State::Stopped | State::Exited | State::Fatal) {
-                self.start_one(&dep);
+            match d.state() {
+                State::Stopped | State::Exited | State::Fatal => self.start_one(&dep),
+                // A member a shrinking pool is removing is not waited for
+                // once gone; one a reload restarts starts by itself.
+                State::Stopping if !d.remove_when_stopped && d.pending_restart.is_none() => {
+                    d.start_when_stopped = true;
+                }
+                _ => {}
             }
         }
     }
@@ -835,6 +845,8 @@ impl Supervisor {
             let (tx, rx) = oneshot::channel();
             pending.push(rx);
             if let Some(p) = self.programs.get_mut(&name) {
+                // A user's stop wins over a start that a dependant queued.
+                p.start_when_stopped = false;
                 let state = p.state();
                 if kill && !state.has_process() {
                     let _ = tx.send(p.failed(
@@ -906,13 +918,29 @@ impl Supervisor {
                 ));
                 continue;
             };
-            let sent = if group {
+            let sent = if group && p.adopted {
+                // Not our child: no zombie holds its pid, so once it has
+                // ended the group id may name other processes. Signal the
+                // group only while its leader (the process the pidfd names)
+                // is alive; a session leader cannot leave its group.
+                spawn::pidfd_send_signal(&child.pidfd, 0)
+                    .and_then(|()| spawn::kill_group(child.pid, sig.0))
+            } else if group {
+                // Our child: until it is reaped (by this task), its zombie
+                // keeps the group id from being reused.
                 spawn::kill_group(child.pid, sig.0)
             } else {
                 spawn::pidfd_send_signal(&child.pidfd, sig.0)
             };
             out.push(match sent {
                 Ok(()) => p.outcome(),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => p.failed(
+                    ErrorKind::NotRunning,
+                    format!(
+                        "{name}: not running (its process {} has ended), nothing to signal",
+                        child.pid
+                    ),
+                ),
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => p.failed(
                     ErrorKind::PermissionDenied,
                     format!("{name}: not allowed to send {}: {e}", sig.name()),
@@ -1055,7 +1083,17 @@ impl Supervisor {
         // Grow: every missing index below the new size, started.
         for i in 0..instances {
             let name = member_name(pool, i);
-            if self.programs.contains_key(&name) {
+            if let Some(p) = self.programs.get_mut(&name) {
+                if p.remove_when_stopped {
+                    // Still stopping from an earlier shrink: kept, and
+                    // started again once its process is gone (never two
+                    // processes for one member). A shrink or a retire
+                    // answered any earlier pending restart, so none is lost.
+                    p.remove_when_stopped = false;
+                    let (tx, rx) = oneshot::channel();
+                    pending.push(rx);
+                    p.pending_restart = Some(Box::new((member_config(&base, i), tx)));
+                }
                 continue;
             }
             let mut p = Program::new(member_config(&base, i), pool, Some(i));
@@ -1081,11 +1119,15 @@ impl Supervisor {
             };
             if p.state().has_process() || p.state() == State::Backoff || p.machine.waiting {
                 p.remove_when_stopped = true;
+                p.start_when_stopped = false;
+                cancel_restart(p, "the pool was scaled down again");
                 self.stop_one(&name, false, Some(tx));
             } else if let Some(p) = self.forget(&name) {
                 let _ = tx.send(p.outcome());
             }
         }
+        // A queued start may have waited for a member that is gone now.
+        self.release_waiting();
         Ok(pending)
     }
 
@@ -1266,10 +1308,6 @@ impl Supervisor {
             }
             match to {
                 State::Running => self.release_waiting(),
-                State::Fatal => {
-                    self.fail_waiting(&name);
-                    self.restart_redefined(&name);
-                }
                 State::Stopped
                     if self
                         .programs
@@ -1277,8 +1315,14 @@ impl Supervisor {
                         .is_some_and(|p| p.remove_when_stopped) =>
                 {
                     self.forget(&name);
+                    // A pool that shrank may be all a queued start waited for.
+                    self.release_waiting();
                 }
-                State::Stopped | State::Exited => self.restart_redefined(&name),
+                State::Stopped | State::Exited | State::Fatal => {
+                    self.restart_redefined(&name);
+                    self.start_again(&name);
+                    self.dependency_ended(&name);
+                }
                 _ => {}
             }
             if self.shutting_down {
@@ -1304,27 +1348,76 @@ impl Supervisor {
         }
     }
 
-    /// Fails the queued starts that wait for `fatal_name`.
-    fn fail_waiting(&mut self, fatal_name: &str) {
+    /// A program that was stopping when a queued start needed it (see
+    /// [`Supervisor::start_one`]) has stopped: it starts again now (after
+    /// its own dependencies), unless supd is shutting down.
+    fn start_again(&mut self, name: &str) {
+        let Some(p) = self.programs.get_mut(name) else {
+            return;
+        };
+        if !std::mem::take(&mut p.start_when_stopped) || self.shutting_down {
+            return;
+        }
+        if matches!(p.state(), State::Stopped | State::Exited | State::Fatal) {
+            tracing::info!(program = %name, "stopped; starting it again for the programs that wait for it");
+            self.start_one(name);
+        }
+    }
+
+    /// `name` ended without being `running` and will not be on its own
+    /// (`fatal`, `exited` or `stopped`, and not started again): the queued
+    /// starts that wait for it fail (`fatal`), or are called off when it
+    /// was stopped (`stopped`, as systemd's `Requires=` carries a stop over),
+    /// each with the reason naming it. Without this they would wait forever.
+    fn dependency_ended(&mut self, name: &str) {
         if self.waiting == 0 {
             return;
         }
-        let Some(group) = self.programs.get(fatal_name).map(|p| p.group.clone()) else {
+        let Some(dep) = self.programs.get(name) else {
             return;
         };
-        let failed: Vec<String> = self
+        let (input, reason) = match dep.state() {
+            State::Fatal => (
+                Input::DepFailed,
+                match &dep.error {
+                    Some(e) => {
+                        format!("its dependency {name} is fatal ({e}), so it was not started")
+                    }
+                    None => format!("its dependency {name} is fatal, so it was not started"),
+                },
+            ),
+            State::Exited => (
+                Input::DepFailed,
+                format!(
+                    "its dependency {name} ended ({}) and is not running, so it was not started",
+                    dep.last_exit
+                        .map_or_else(|| "exited".to_string(), |l| l.status.to_string())
+                ),
+            ),
+            State::Stopped => (
+                Input::DepStopped,
+                format!(
+                    "its dependency {name} was stopped before it was running, so it was not started"
+                ),
+            ),
+            _ => return,
+        };
+        let group = dep.group.clone();
+        let dependants: Vec<String> = self
             .programs
             .values()
             .filter(|p| p.machine.waiting && p.cfg.depends_on.contains(&group))
             .map(|p| p.name().to_string())
             .collect();
-        for name in failed {
-            if let Some(p) = self.programs.get_mut(&name) {
-                p.error = Some(format!(
-                    "its dependency {fatal_name} is fatal, so it was not started"
-                ));
+        for d in dependants {
+            if input == Input::DepStopped {
+                // (A failure is logged as the program goes fatal.)
+                tracing::info!(program = %d, dependency = %name, "{reason}");
             }
-            self.feed(&name, Input::DepFailed);
+            if let Some(p) = self.programs.get_mut(&d) {
+                p.error = Some(reason.clone());
+            }
+            self.feed(&d, input);
         }
     }
 
@@ -1342,6 +1435,10 @@ impl Supervisor {
             let actions = p.machine.step(input, &p.cfg);
             if input == Input::Retry && p.state() == State::Starting {
                 p.restarts += 1;
+            }
+            if from != State::Starting && from != State::Backoff && p.state() == State::Starting {
+                // A new start: why an earlier one failed no longer applies.
+                p.error = None;
             }
             for action in actions {
                 match action {
@@ -1471,6 +1568,13 @@ impl Supervisor {
                     p.cfg.start_secs, p.machine.retries
                 ));
             }
+            if to == State::Fatal {
+                tracing::error!(
+                    program = %name,
+                    reason = %p.error.as_deref().unwrap_or("unknown"),
+                    "fatal: not started again until a user starts it"
+                );
+            }
             tracing::debug!(program = %name, %from, %to, "state");
             let ended = match input {
                 Input::Exited { .. } => p.last_exit,
@@ -1487,7 +1591,7 @@ impl Supervisor {
                 escalated: p.machine.escalated && ended.is_some(),
                 time: p.since.clone(),
             });
-            settle_waiters(p, to);
+            settle_waiters(p, to, input);
             self.transitions.push_back((name.to_string(), to));
         }
     }
@@ -1521,8 +1625,21 @@ fn signal_program(name: &str, child: &spawn::Child, adopted: bool, sig: i32) {
     }
 }
 
-/// Answers the `start` and `stop` waiters that the new state settles.
-fn settle_waiters(p: &mut Program, to: State) {
+/// Drops a restart a reload or a scale had planned for `p` once stopped,
+/// answering whoever waits for it: `p` is being removed ("`why`").
+fn cancel_restart(p: &mut Program, why: &str) {
+    if let Some((_, tx)) = p.pending_restart.take().map(|b| *b) {
+        let name = p.name().to_string();
+        let _ = tx.send(p.failed(
+            ErrorKind::NotFound,
+            format!("{name}: removed before it started again ({why})"),
+        ));
+    }
+}
+
+/// Answers the `start` and `stop` waiters that the new state settles;
+/// `input` is what brought it there.
+fn settle_waiters(p: &mut Program, to: State, input: Input) {
     let outcome = p.outcome();
     let name = p.name().to_string();
     let start_answer = match to {
@@ -1543,7 +1660,10 @@ fn settle_waiters(p: &mut Program, to: State) {
         }),
         State::Stopped => Some(p.failed(
             ErrorKind::NotRunning,
-            format!("{name}: stopped before it was running"),
+            match (&p.error, input) {
+                (Some(e), Input::DepStopped) => format!("{name}: {e}"),
+                _ => format!("{name}: stopped before it was running"),
+            },
         )),
         _ => None,
     };

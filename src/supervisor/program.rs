@@ -42,6 +42,9 @@ pub(super) struct Program {
     pub retry_at: Option<Instant>,
     /// Forget the program once it has stopped (a pool shrinking).
     pub remove_when_stopped: bool,
+    /// Start it again once it has stopped: a queued start of a program that
+    /// depends on it came while it was stopping.
+    pub start_when_stopped: bool,
     /// Shutdown has asked it to stop.
     pub shutdown_sent: bool,
     /// Its process was adopted from an earlier supd (not our child).
@@ -82,6 +85,7 @@ impl Program {
             timer_generation: 0,
             retry_at: None,
             remove_when_stopped: false,
+            start_when_stopped: false,
             shutdown_sent: false,
             adopted: false,
             pending_restart: None,

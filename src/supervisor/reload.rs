@@ -141,7 +141,8 @@ impl Supervisor {
         };
         if busy(p) {
             p.remove_when_stopped = true;
-            p.pending_restart = None;
+            p.start_when_stopped = false;
+            super::cancel_restart(p, "its definition was removed");
             self.stop_one(member, false, Some(tx));
         } else if let Some(p) = self.forget(member) {
             let _ = tx.send(p.outcome());
@@ -164,7 +165,18 @@ impl Supervisor {
             pending.push(rx);
             match self.programs.get_mut(&member) {
                 Some(p) if busy(p) => {
-                    p.pending_restart = Some(Box::new((member_cfg, tx)));
+                    // Wanted again if a shrink was removing it. An earlier
+                    // reload's restart gives way to this one's: its caller
+                    // hears where the program is now.
+                    p.remove_when_stopped = false;
+                    let outcome = p.outcome();
+                    if let Some((_, earlier)) = p
+                        .pending_restart
+                        .replace(Box::new((member_cfg, tx)))
+                        .map(|b| *b)
+                    {
+                        let _ = earlier.send(outcome);
+                    }
                     self.stop_one(&member, false, None);
                 }
                 Some(p) => {

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod deploy;
+mod deps_defects;
 mod golden;
 mod lifecycle;
 mod logs;
