@@ -56,10 +56,10 @@ impl Supervisor {
         }
         let name = match spec.name {
             Some(n) => {
-                if !crate::config::valid_program_name(&n) {
+                if let Some(problem) = crate::config::name_problem(&n) {
                     let _ = reply.send(refuse(
                         ErrorKind::InvalidParams,
-                        format!("invalid name \"{n}\": use letters, digits, '_', '-' and '.'"),
+                        format!("invalid name \"{n}\": {problem}"),
                     ));
                     return;
                 }
