@@ -2,7 +2,7 @@
 //! request over the socket (the library's [`sup::client`]) and renders the
 //! answer as an aligned table or line, or as JSON with `--json`.
 //!
-//! Exit statuses (SPEC §4): 0 success; 1 failure (the reason on stderr, one
+//! Exit statuses (README, "supctl"): 0 success; 1 failure (the reason on stderr, one
 //! line); 2 usage; `status`: 3 when any listed program is not running, 4 for
 //! an unknown name; `wait`: the program's exit code, 128+N after signal N,
 //! 124 on timeout.
