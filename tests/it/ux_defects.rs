@@ -163,7 +163,7 @@ fn dot_and_dotdot_are_not_program_names() {
 #[test]
 fn an_unknown_name_gets_the_closest_one_suggested() {
     let config = format!(
-        "{}{}",
+        "{}{}[pool.encoders]\nsize = 1\n",
         prog(
             "web",
             &["sleep", "300"],
@@ -188,12 +188,17 @@ fn an_unknown_name_gets_the_closest_one_suggested() {
         &["logs", "wbe"],
         &["status", "wbe"],
         &["scale", "wrokers", "3"],
+        &["run", "--pool", "encoder", "--", "true"],
     ];
     for args in verbs {
         let (code, out, err) = supd.ctl_text(args);
         let want = if args[0] == "status" { 4 } else { 1 };
         assert_eq!(code, want, "supctl {args:?}: {out}{err}");
-        let close = if args[0] == "scale" { "workers" } else { "web" };
+        let close = match args[0] {
+            "scale" => "workers",
+            "run" => "encoders",
+            _ => "web",
+        };
         assert!(
             err.contains(&format!("did you mean \"{close}\"?")),
             "supctl {args:?}: {err}"
