@@ -101,9 +101,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         );
     }
     if let Some(rest) = t.strip_prefix('-') {
+        let example = Some(rest.trim()).filter(|r| !r.is_empty()).unwrap_or("5s");
         return Err(format!(
-            "duration {text:?} is negative: a duration is 0 or more, such as \"{}\"",
-            rest.trim()
+            "duration {text:?} is negative: a duration is 0 or more, such as \"{example}\""
         ));
     }
     if t.chars().all(|c| c.is_ascii_digit() || c == '.') && t != "0" {
