@@ -36,8 +36,8 @@ import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-SUPD = os.path.join(ROOT, "target", "release", "supd")
-SUPCTL = os.path.join(ROOT, "target", "release", "supctl")
+SUPD = None  # set by build_supd: TARGET/release/supd, or --bin-dir's
+SUPCTL = None
 VENV = os.path.join(BENCH, ".venv")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PEER_NAMES = ["supd", "supervisord", "s6", "runit"]
@@ -871,19 +871,45 @@ PEERS = {"supd": Supd, "supervisord": Supervisord, "s6": S6, "runit": Runit}
 # ---------------------------------------------------------------- installing
 
 
+def cargo_env():
+    """The environment for cargo: ours, with a relative CARGO_TARGET_DIR made
+    absolute from our working folder (cargo runs in ROOT, where it would
+    otherwise be taken from)."""
+    env = dict(os.environ)
+    if env.get("CARGO_TARGET_DIR"):
+        env["CARGO_TARGET_DIR"] = os.path.abspath(env["CARGO_TARGET_DIR"])
+    return env
+
+
+def target_dir():
+    """Where cargo puts the builds, as `cargo metadata` says: CARGO_TARGET_DIR,
+    else `build.target-dir` of a cargo config, else target/ in ROOT. Without
+    cargo: CARGO_TARGET_DIR, else ROOT/target."""
+    try:
+        out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"],
+                             cwd=ROOT, env=cargo_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, check=True).stdout
+        return json.loads(out)["target_directory"]
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
+        return cargo_env().get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+
+
 def build_supd(skip, tmp, bin_dir=None):
     """Builds the release binaries and copies them into tmp, so that a
-    rebuild of target/release during the run cannot swap them halfway.
+    rebuild of TARGET/release during the run cannot swap them halfway
+    (TARGET is cargo's target folder: CARGO_TARGET_DIR is honoured).
     Returns what was built: the commit, and whether the tree differed."""
     global SUPD, SUPCTL
     src = ROOT
+    release = os.path.join(target_dir(), "release")
+    SUPD, SUPCTL = os.path.join(release, "supd"), os.path.join(release, "supctl")
     if bin_dir:
         SUPD, SUPCTL = os.path.join(bin_dir, "supd"), os.path.join(bin_dir, "supctl")
         skip = True
         src = os.path.abspath(bin_dir)
     if not skip:
         log("building supd and supctl (cargo build --release) ...")
-        build = subprocess.Popen(["cargo", "build", "--release", "--bins"], cwd=ROOT)
+        build = subprocess.Popen(["cargo", "build", "--release", "--bins"], cwd=ROOT, env=cargo_env())
         try:
             rc = build.wait()
         except KeyboardInterrupt:
@@ -894,7 +920,7 @@ def build_supd(skip, tmp, bin_dir=None):
             sys.exit("cargo build --release failed")
     for b in (SUPD, SUPCTL):
         if not os.access(b, os.X_OK):
-            sys.exit("%s is missing: run cargo build --release" % b)
+            sys.exit("%s is missing: run cargo build --release --bins" % b)
     bindir = os.path.join(tmp, "bin")
     os.makedirs(bindir)
     SUPD = shutil.copy2(SUPD, os.path.join(bindir, "supd"))
@@ -1414,7 +1440,8 @@ def main():
     ap.add_argument("--no-peers", action="store_true", help="supd alone")
     ap.add_argument("--smoke", action="store_true",
                     help="check that every workload still runs (tiny N, supd alone; exits 1 if one gave no figure)")
-    ap.add_argument("--no-build", action="store_true", help="use target/release as it is")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the release binaries in cargo's target folder (CARGO_TARGET_DIR too) as they are")
     ap.add_argument("--bin-dir", metavar="DIR",
                     help="use supd and supctl from DIR (say, another checkout's target/release); implies --no-build")
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON to PATH")

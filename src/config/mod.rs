@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use crate::signals::Sig;
 
-pub(crate) use walk::valid_name as valid_program_name;
-pub use walk::{parse_duration, parse_size};
+pub use walk::{closest_name, name_problem, parse_duration, parse_size};
 
 /// The whole configuration of one `supd`.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,6 +293,17 @@ impl std::fmt::Display for ConfigErrors {
 
 /// The most copies one pool may have.
 pub const MAX_INSTANCES: u32 = 10_000;
+
+/// The longest duration a configuration may give, for any key: one year
+/// (`"1y"`, 365.25 days, as humantime counts it). Far beyond any sensible
+/// timeout or delay, and small enough that no clock arithmetic on it
+/// (`start_secs` × 10 for the default `backoff_reset`, a deadline of now +
+/// `backoff_max`) can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// The largest `log_max_bytes`: 1 TiB (`"1024GiB"`), which is no limit in
+/// practice.
+pub const MAX_LOG_BYTES: u64 = 1 << 40;
 
 impl Config {
     /// Reads and validates the file at `path`.

@@ -147,7 +147,10 @@ fn bad_values_are_refused() {
             "command = [\"a\"]\nrestart = \"sometimes\"",
             "\"restart\" must be",
         ),
-        ("command = [\"a\"]\nstart_retries = -1", "must be 0 or more"),
+        (
+            "command = [\"a\"]\nstart_retries = -1",
+            "must be a count of 0 or more, or \"infinite\"",
+        ),
         (
             "command = [\"a\"]\nstart_retries = \"lots\"",
             "\"infinite\"",
@@ -180,6 +183,51 @@ fn durations_need_units() {
     assert!(parse_duration("10").is_err());
     assert!(parse_duration("").is_err());
     assert!(parse_duration("soon").is_err());
+}
+
+#[test]
+fn durations_are_from_0_to_one_year() {
+    assert_eq!(parse_duration("1y"), Ok(MAX_DURATION));
+    assert_eq!(
+        parse_duration("365d"),
+        Ok(Duration::from_secs(365 * 86_400))
+    );
+    for long in [
+        "1y 1s",
+        "366d",
+        "500000000000y",
+        "100000000000y",
+        "99999999999999999999999s",
+    ] {
+        let e = parse_duration(long).expect_err(long);
+        assert!(
+            e.contains("too long") && e.contains("one year (\"1y\")"),
+            "{long}: {e}"
+        );
+    }
+    let e = parse_duration("-5s").expect_err("negative");
+    assert!(e.contains("negative") && e.contains("\"5s\""), "{e}");
+    // start_secs at the bound: the default backoff_reset is ten times it.
+    let c = parse("[program.a]\ncommand = [\"a\"]\nstart_secs = \"1y\"\n").expect("valid");
+    assert_eq!(c.programs["a"].backoff_reset, MAX_DURATION * 10);
+}
+
+#[test]
+fn dot_and_dotdot_are_not_names() {
+    for name in [".", ".."] {
+        assert!(name_problem(name).is_some(), "{name}");
+    }
+    for name in ["web", "a.b", "...", "web-2_x", ".hidden"] {
+        assert_eq!(name_problem(name), None, "{name}");
+    }
+}
+
+#[test]
+fn the_closest_name_is_a_likely_misspelling_only() {
+    let names = ["web", "worker", "database"];
+    assert_eq!(closest_name("wbe", names), Some("web"));
+    assert_eq!(closest_name("databsae", names), Some("database"));
+    assert_eq!(closest_name("zzz", names), None);
 }
 
 #[test]
@@ -292,7 +340,7 @@ size = 0
         m[0]
     );
     assert!(
-        m[1].starts_with("/etc/sup/app.toml:4:17: invalid size"),
+        m[1].starts_with("/etc/sup/app.toml:4:17: \"log_max_bytes\": invalid size"),
         "{}",
         m[1]
     );

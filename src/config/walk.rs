@@ -12,6 +12,8 @@ use toml::de::{DeTable, DeValue};
 use super::{Config, ConfigError, ConfigErrors, ProgramConfig, RestartPolicy, Retries, SupdConfig};
 use crate::signals::parse_signal;
 
+const LOG_MAX_BYTES_RANGE: &str =
+    "\"log_max_bytes\" must be from 1 byte to 1 TiB (\"1024GiB\"), such as \"10MiB\"";
 const TOP_KEYS: &[&str] = &["supd", "program", "pool"];
 const POOL_KEYS: &[&str] = &["size"];
 const SUPD_KEYS: &[&str] = &[
@@ -67,7 +69,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             "invalid size {text:?}: use bytes, or a number with a unit such as \"500KB\" or \"10MiB\""
         )
     };
-    let n: u64 = num.parse().map_err(|_| bad())?;
+    let too_large = || format!("size {text:?} is too large");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = num.parse().map_err(|_| too_large())?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -78,11 +84,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "G" | "GiB" => 1024 * 1024 * 1024,
         _ => return Err(bad()),
     };
-    n.checked_mul(mult).ok_or_else(bad)
+    n.checked_mul(mult).ok_or_else(too_large)
 }
 
 /// Parses a duration with a unit: `"500ms"`, `"10s"`, `"2m"`, `"1h"`,
-/// `"1m 30s"`. A bare number is refused (which unit would it be?).
+/// `"1m 30s"`, from 0 to [`super::MAX_DURATION`] (`"1y"`). A bare number
+/// is refused (which unit would it be?), and so is a negative one.
 ///
 /// # Errors
 /// A message saying what was expected.
@@ -93,14 +100,42 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "a duration is empty: write it with a unit, such as \"500ms\" or \"10s\"".into(),
         );
     }
+    if let Some(rest) = t.strip_prefix('-') {
+        let example = Some(rest.trim()).filter(|r| !r.is_empty()).unwrap_or("5s");
+        return Err(format!(
+            "duration {text:?} is negative: a duration is 0 or more, such as \"{example}\""
+        ));
+    }
     if t.chars().all(|c| c.is_ascii_digit() || c == '.') && t != "0" {
         return Err(format!(
             "duration {text:?} has no unit: write \"{t}s\" for seconds or \"{t}ms\" for milliseconds"
         ));
     }
-    humantime::parse_duration(t).map_err(|e| {
-        format!("invalid duration {text:?} ({e}): write it with a unit, such as \"500ms\", \"10s\" or \"2m\"")
-    })
+    let too_long = || format!("duration {text:?} is too long: the most is one year (\"1y\")");
+    match humantime::parse_duration(t) {
+        Ok(d) if d > super::MAX_DURATION => Err(too_long()),
+        Ok(d) => Ok(d),
+        Err(humantime::DurationError::NumberOverflow) => Err(too_long()),
+        Err(e) => Err(format!(
+            "invalid duration {text:?} ({e}): write it with a unit, such as \"500ms\", \"10s\" or \"2m\""
+        )),
+    }
+}
+
+/// The closest of `candidates` to `name`, if one is close enough to be a
+/// likely misspelling (Damerau-Levenshtein distance 2 at most, or 3 for
+/// names longer than 6): what "did you mean ...?" suggests, for keys in the
+/// configuration and for program names in supd's answers.
+pub fn closest_name<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), k))
+        .filter(|(d, _)| *d <= 2 || (*d <= 3 && name.len() > 6))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
 }
 
 struct Walker<'a> {
@@ -137,12 +172,8 @@ impl Walker<'_> {
         known: &[&str],
     ) {
         let name = key.get_ref().as_ref();
-        let suggestion = known
-            .iter()
-            .map(|k| (strsim::damerau_levenshtein(name, k), *k))
-            .filter(|(d, _)| *d <= 2 || (*d <= 3 && name.len() > 6))
-            .min_by_key(|(d, _)| *d)
-            .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
+        let suggestion = closest_name(name, known.iter().copied())
+            .map(|k| format!(" (did you mean \"{k}\"?)"))
             .unwrap_or_else(|| format!(" (known keys: {})", known.join(", ")));
         self.error(
             key.span(),
@@ -500,14 +531,21 @@ fn walk_supd(
     }
 }
 
-/// A valid program name: letters, digits, `_`, `-`, `.`; `:` is kept for
-/// pool instances (`NAME:0`).
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
+/// What is wrong with `name` as the name of a program, a pool or a run
+/// (`supctl run --name`), or `None` when it is valid: 1 to 128 letters,
+/// digits, `_`, `-` and `.`, but not `.` or `..` (a name becomes part of log
+/// file names, and those two name folders). `:` is kept for pool instances
+/// (`NAME:0`).
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    if name == "." || name == ".." {
+        return Some("\".\" and \"..\" name folders: choose a name with a letter or digit in it");
+    }
+    let valid = !name.is_empty()
         && name.len() <= 128
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    (!valid).then_some("use letters, digits, '_', '-' and '.' (at most 128)")
 }
 
 fn walk_program(
@@ -519,10 +557,10 @@ fn walk_program(
 ) -> Option<ProgramConfig> {
     let pname = name.get_ref().to_string();
     let errors_before = w.errors.len();
-    if !valid_name(&pname) {
+    if let Some(problem) = name_problem(&pname) {
         w.error(
             name.span(),
-            format!("invalid program name \"{pname}\": use letters, digits, '_', '-' and '.' (at most 128)"),
+            format!("invalid program name \"{pname}\": {problem}"),
         );
     }
     let t = w.table(body, &format!("[program.{pname}]"))?;
@@ -612,13 +650,15 @@ fn walk_program(
             }
             "log_max_bytes" => match value.get_ref() {
                 DeValue::String(s) => match parse_size(s) {
-                    Ok(0) => w.error(value.span(), "\"log_max_bytes\" must be more than 0"),
-                    Ok(n) => p.output.max_bytes = n,
-                    Err(e) => w.error(value.span(), e),
+                    Ok(n) if (1..=super::MAX_LOG_BYTES).contains(&n) => p.output.max_bytes = n,
+                    Ok(_) => w.error(value.span(), LOG_MAX_BYTES_RANGE),
+                    Err(e) => w.error(value.span(), format!("\"log_max_bytes\": {e}")),
                 },
                 DeValue::Integer(_) => match w.integer(value, k) {
-                    Some(n) if n > 0 => p.output.max_bytes = n as u64,
-                    Some(_) => w.error(value.span(), "\"log_max_bytes\" must be more than 0"),
+                    Some(n) if (1..=super::MAX_LOG_BYTES as i64).contains(&n) => {
+                        p.output.max_bytes = n as u64;
+                    }
+                    Some(_) => w.error(value.span(), LOG_MAX_BYTES_RANGE),
                     None => {}
                 },
                 other => w.error(
@@ -716,13 +756,26 @@ fn walk_program(
                     if let Some(n) = w.integer(value, k) {
                         match u32::try_from(n) {
                             Ok(n) => p.start_retries = Retries::Limited(n),
-                            Err(_) => w.error(value.span(), "\"start_retries\" must be 0 or more"),
+                            Err(_) if n < 0 => w.error(
+                                value.span(),
+                                format!("\"start_retries\" must be a count of 0 or more, or \"infinite\" to retry for ever, not {n}"),
+                            ),
+                            Err(_) => w.error(
+                                value.span(),
+                                format!("\"start_retries\" must be at most {}, or \"infinite\" to retry for ever", u32::MAX),
+                            ),
                         }
                     }
                 }
-                _ => w.error(
+                other => w.error(
                     value.span(),
-                    "\"start_retries\" must be a number of retries or \"infinite\"",
+                    format!(
+                        "\"start_retries\" must be a count of 0 or more, or \"infinite\" to retry for ever, not {}",
+                        match other {
+                            DeValue::String(s) => format!("{:?}", s.as_ref()),
+                            other => other.type_str().to_string(),
+                        }
+                    ),
                 ),
             },
             "stop_signal" => {
@@ -795,8 +848,10 @@ fn walk_program(
     if p.backoff_max < p.backoff_initial {
         p.backoff_max = p.backoff_initial;
     }
-    p.backoff_reset =
-        backoff_reset.unwrap_or_else(|| (p.start_secs * 10).max(Duration::from_secs(10)));
+    // start_secs is at most MAX_DURATION, so ten times it fits; saturating
+    // all the same, as this is where a config value is multiplied.
+    p.backoff_reset = backoff_reset
+        .unwrap_or_else(|| (p.start_secs.saturating_mul(10)).max(Duration::from_secs(10)));
     (w.errors.len() == errors_before).then_some(p)
 }
 
@@ -808,12 +863,10 @@ fn walk_pool(
 ) -> Option<u32> {
     let pname = name.get_ref().to_string();
     let before = w.errors.len();
-    if !valid_name(&pname) {
+    if let Some(problem) = name_problem(&pname) {
         w.error(
             name.span(),
-            format!(
-                "invalid pool name \"{pname}\": use letters, digits, '_', '-' and '.' (at most 128)"
-            ),
+            format!("invalid pool name \"{pname}\": {problem}"),
         );
     }
     let t = w.table(body, &format!("[pool.{pname}]"))?;

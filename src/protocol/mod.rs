@@ -235,6 +235,10 @@ pub struct ErrorData {
     /// For verbs over many programs: each program's outcome, successes included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results: Option<Vec<Outcome>>,
+    /// For `not_found`: each unknown name that is close to an existing one
+    /// (a likely misspelling), with that name: `{"wbe": "web"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestions: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl RpcError {
@@ -246,6 +250,7 @@ impl RpcError {
             data: ErrorData {
                 kind,
                 results: None,
+                suggestions: None,
             },
         }
     }

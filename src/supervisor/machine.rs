@@ -142,7 +142,10 @@ pub fn backoff_delay(cfg: &ProgramConfig, step: u32, jitter: f64) -> Duration {
         .saturating_mul(1u32 << step.min(30))
         .min(cfg.backoff_max);
     let factor = 0.9 + 0.2 * jitter.clamp(0.0, 1.0);
-    base.mul_f64(factor).min(cfg.backoff_max)
+    // Not `mul_f64`, which panics when the product does not fit.
+    Duration::try_from_secs_f64(base.as_secs_f64() * factor)
+        .unwrap_or(base)
+        .min(cfg.backoff_max)
 }
 
 impl Machine {
@@ -610,5 +613,13 @@ mod tests {
         let mut z = cfg();
         z.backoff_initial = Duration::ZERO;
         assert_eq!(backoff_delay(&z, 5, 1.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_delay_of_the_largest_durations_does_not_panic() {
+        let mut c = cfg();
+        c.backoff_initial = Duration::MAX;
+        c.backoff_max = Duration::MAX;
+        assert_eq!(backoff_delay(&c, 3, 1.0), Duration::MAX);
     }
 }

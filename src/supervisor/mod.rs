@@ -515,12 +515,11 @@ impl Supervisor {
             Msg::Logs { name, reply } => {
                 let out = match self.programs.get(&name) {
                     Some(p) => Ok(self.output(&name, &p.cfg.output.clone())),
-                    None => self.outputs.get(&name).cloned().ok_or_else(|| {
-                        RpcError::new(
-                            ErrorKind::NotFound,
-                            format!("no such program: {name} (supctl status lists them)"),
-                        )
-                    }),
+                    None => self
+                        .outputs
+                        .get(&name)
+                        .cloned()
+                        .ok_or_else(|| self.not_found("program", &[name.as_str()])),
                 };
                 let _ = reply.send(out);
             }
@@ -623,16 +622,44 @@ impl Supervisor {
             }
         }
         if !unknown.is_empty() {
-            let plural = if unknown.len() > 1 { "s" } else { "" };
-            return Err(RpcError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "no such program{plural}: {} (supctl status lists them)",
-                    unknown.join(", ")
-                ),
-            ));
+            return Err(self.not_found("program", &unknown));
         }
         Ok(names)
+    }
+
+    /// The `not_found` error for `unknown` names of programs (`what` is
+    /// `"program"`) or pools (`"pool"`): each name that is close to an
+    /// existing one gets "did you mean ...?" in the message and an entry in
+    /// `data.suggestions`, as a misspelt key in the configuration does.
+    fn not_found(&self, what: &str, unknown: &[&str]) -> RpcError {
+        let pools = self.pools.keys().map(String::as_str);
+        let mut suggestions = std::collections::BTreeMap::new();
+        let mut named = Vec::new();
+        for &name in unknown {
+            let closest = if what == "pool" {
+                crate::config::closest_name(name, pools.clone())
+            } else {
+                let programs = self.programs.values().filter(|p| !p.transient);
+                crate::config::closest_name(name, programs.map(|p| p.name()).chain(pools.clone()))
+            };
+            match closest {
+                Some(c) => {
+                    named.push(format!("{name} (did you mean \"{c}\"?)"));
+                    suggestions.insert(name.to_string(), c.to_string());
+                }
+                None => named.push(name.to_string()),
+            }
+        }
+        let plural = if unknown.len() > 1 { "s" } else { "" };
+        let mut message = format!("no such {what}{plural}: {}", named.join(", "));
+        if suggestions.is_empty() {
+            message.push_str(" (supctl status lists them)");
+        }
+        let mut e = RpcError::new(ErrorKind::NotFound, message);
+        if !suggestions.is_empty() {
+            e.data.suggestions = Some(suggestions);
+        }
+        e
     }
 
     /// Members of `name`'s dependencies that are not `running`.
@@ -959,7 +986,7 @@ impl Supervisor {
             let hint = if self.pools.contains_key(name) {
                 format!("{name} is a pool: wait for one member, such as {name}:0")
             } else {
-                format!("no such program: {name} (supctl status lists them)")
+                return Err(self.not_found("program", &[name]));
             };
             return Err(RpcError::new(ErrorKind::NotFound, hint));
         };
@@ -1056,10 +1083,7 @@ impl Supervisor {
                     ),
                 )
             } else {
-                RpcError::new(
-                    ErrorKind::NotFound,
-                    format!("no such pool: {pool} (supctl status lists programs)"),
-                )
+                self.not_found("pool", &[pool])
             });
         };
         if instances == 0 || instances > crate::config::MAX_INSTANCES {
@@ -1524,7 +1548,10 @@ impl Supervisor {
                             queue.push_back(Input::Retry);
                         } else {
                             p.arm_timer(delay, &self.tx);
-                            p.retry_at = Some(Instant::now() + delay);
+                            // Checked: a delay from the configuration must
+                            // never panic the supervisor (it is bounded when
+                            // read; this holds whatever the bound).
+                            p.retry_at = Instant::now().checked_add(delay);
                         }
                     }
                     Action::CancelTimer => p.cancel_timer(),

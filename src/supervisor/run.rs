@@ -45,21 +45,34 @@ impl Supervisor {
         }
         if let Some(pool) = &spec.pool {
             if !self.run_pools.contains_key(pool) {
-                let _ = reply.send(refuse(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no such pool: {pool} (add [pool.{pool}] size = N to the configuration)"
+                let pools = self.run_pools.keys().map(String::as_str);
+                let e = match crate::config::closest_name(pool, pools) {
+                    Some(close) => {
+                        let mut e = RpcError::new(
+                            ErrorKind::NotFound,
+                            format!("no such pool: {pool} (did you mean \"{close}\"?)"),
+                        );
+                        e.data.suggestions =
+                            Some([(pool.clone(), close.to_string())].into_iter().collect());
+                        e
+                    }
+                    None => RpcError::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "no such pool: {pool} (add [pool.{pool}] size = N to the configuration)"
+                        ),
                     ),
-                ));
+                };
+                let _ = reply.send(Err(e));
                 return;
             }
         }
         let name = match spec.name {
             Some(n) => {
-                if !crate::config::valid_program_name(&n) {
+                if let Some(problem) = crate::config::name_problem(&n) {
                     let _ = reply.send(refuse(
                         ErrorKind::InvalidParams,
-                        format!("invalid name \"{n}\": use letters, digits, '_', '-' and '.'"),
+                        format!("invalid name \"{n}\": {problem}"),
                     ));
                     return;
                 }

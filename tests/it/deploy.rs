@@ -165,9 +165,12 @@ fn the_unit_file_has_what_a_deployment_relies_on() {
     }
 }
 
+/// A configuration with one long sleep named `name` (`daemon = false`), and
+/// a short `shutdown_timeout`: a shutdown waits that long for the sleep
+/// before it stops it, and the default (30 s) would be each test's length.
 fn sleeper(name: &str) -> String {
     format!(
-        "[program.{name}]\ncommand = [\"sleep\", \"300\"]\nstart_secs = \"100ms\"\nstop_timeout = \"2s\"\n"
+        "[supd]\nshutdown_timeout = \"300ms\"\n\n[program.{name}]\ncommand = [\"sleep\", \"300\"]\nstart_secs = \"100ms\"\nstop_timeout = \"2s\"\n"
     )
 }
 

@@ -1326,11 +1326,15 @@ fn events_human_lines_by_default() {
 
 #[test]
 fn events_stream_ends_with_exit_0_when_supd_shuts_down() {
-    let mut supd = Supd::start(&prog(
-        "probe",
-        &["sleep", "300"],
-        "start_secs = \"0s\"\nautostart = false",
-    ));
+    // A short shutdown_timeout: shutdown waits that long for the probe
+    // (daemon = false) before it stops it.
+    let config = "[supd]\nshutdown_timeout = \"300ms\"\n\n".to_string()
+        + &prog(
+            "probe",
+            &["sleep", "300"],
+            "start_secs = \"0s\"\nautostart = false",
+        );
+    let mut supd = Supd::start(&config);
     let mut log = EventLog::supctl(&supd, true);
     sync_on_probe(&supd, &mut log, true);
     ctl_ok(&supd, &["shutdown"]);

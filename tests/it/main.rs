@@ -15,4 +15,5 @@ mod reload;
 mod run;
 mod smoke;
 mod survival;
+mod ux_defects;
 mod verbs;

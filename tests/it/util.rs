@@ -718,3 +718,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+impl Supd {
+    /// Starts supd on an existing configuration file, used where it lies
+    /// (relative paths in it are taken from its own folder), with the socket,
+    /// state file and logs in a temporary folder; waits for `READY=1`.
+    pub fn start_file(config: &Path) -> Supd {
+        let dir = tempfile::Builder::new()
+            .prefix("supd-test-")
+            .tempdir()
+            .expect("temp dir");
+        let notify_path = dir.path().join("notify.sock");
+        let marker = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            dir.path().display()
+        );
+        let mut supd = Supd {
+            socket: dir.path().join("supd.sock"),
+            config: config.to_path_buf(),
+            child: None,
+            notify: notify_socket(&notify_path),
+            notified: Mutex::new(Vec::new()),
+            extra_env: Vec::new(),
+            marker,
+            dir,
+        };
+        supd.child = Some(supd.launch(&notify_path));
+        supd.wait_ready();
+        supd
+    }
+}
