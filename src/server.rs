@@ -243,7 +243,7 @@ pub async fn serve(
 /// the close is an orderly end of stream rather than a reset that could
 /// discard the answer. A short-lived task, not counted against the cap.
 fn refuse(stream: UnixStream, error: RpcError) {
-    let response = Response::err(Value::Null, error);
+    let response = Response::err(Response::null_id(), error);
     let Ok(mut bytes) = serde_json::to_vec(&response) else {
         return;
     };
@@ -428,7 +428,7 @@ async fn connection(
                     ErrorKind::InvalidRequest,
                     format!("message longer than {MAX_LINE} bytes; it was discarded"),
                 );
-                write_message(&mut writer, &Response::err(Value::Null, error)).await?;
+                write_message(&mut writer, &Response::err(Response::null_id(), error)).await?;
                 continue;
             }
             Some(Frame::Line(line)) => line,
@@ -436,7 +436,28 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let follow = match input.run_while(answer(&line, &handle)).await {
+        let text = match std::str::from_utf8(&line) {
+            Ok(text) => text,
+            Err(e) => {
+                let error = RpcError::new(ErrorKind::ParseError, format!("not UTF-8: {e}"));
+                write_message(&mut writer, &Response::err(Response::null_id(), error)).await?;
+                continue;
+            }
+        };
+        if text
+            .trim_start_matches([' ', '\t', '\r', '\n'])
+            .starts_with('[')
+        {
+            match input
+                .run_while(serve_batch(text, &handle, &mut writer))
+                .await
+            {
+                None => return Ok(()),
+                Some(result) => result?,
+            }
+            continue;
+        }
+        let follow = match input.run_while(answer(text, &handle)).await {
             None => return Ok(()),
             Some(None) => continue, // a notification: no answer
             Some(Some((answer, follow))) => {
@@ -730,62 +751,218 @@ fn stdin_message(line: &[u8]) -> Option<(Vec<u8>, bool)> {
     Some((data, eof))
 }
 
-/// Answers one line: `None` for a notification (a request without `id`).
-async fn answer(line: &[u8], handle: &Handle) -> Option<(Answer, Follow)> {
-    let refuse = |id: Value, error: RpcError| {
-        Some((Answer::Message(Response::err(id, error)), Follow::Nothing))
-    };
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
+/// A request's members as they were sent, read without building a tree.
+/// A member that is present is `Some`, even when it is `null`: an `id` of
+/// `null` makes a request, no `id` a notification.
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// The methods that stream notifications after their answer; they are
+/// refused inside a batch (its answer is one array, with nothing after it).
+fn is_stream(method: &str, params: Option<&Value>) -> bool {
+    match method {
+        "events" | "wait" | "run" => true,
+        "logs" => params
+            .and_then(|p| p.get("follow"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// An error answer with no stream after it.
+fn error_answer(
+    id: Box<RawValue>,
+    kind: ErrorKind,
+    message: impl Into<String>,
+) -> (Answer, Follow) {
+    (
+        Answer::Message(Response::err(id, RpcError::new(kind, message))),
+        Follow::Nothing,
+    )
+}
+
+/// Answers one line that is not a batch: `None` for a notification.
+async fn answer(text: &str, handle: &Handle) -> Option<(Answer, Follow)> {
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(request) => answer_request(request, handle, false).await,
+        Err(e) => Some(error_answer(
+            Response::null_id(),
+            ErrorKind::ParseError,
+            format!("not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Answers one request (a whole line, or an element of a batch): `None`
+/// for a notification, a request without `id`, which is carried out when
+/// it is valid and never answered, even when it is not (JSON-RPC 2.0 §4.1).
+/// The answer's `id` is the request's, as the very text it was sent as.
+async fn answer_request(
+    request: &RawValue,
+    handle: &Handle,
+    in_batch: bool,
+) -> Option<(Answer, Follow)> {
+    let text = request.get();
+    if !text.starts_with('{') {
+        return Some(error_answer(
+            Response::null_id(),
+            ErrorKind::InvalidRequest,
+            "a request must be a JSON object",
+        ));
+    }
+    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(e) => e,
         Err(e) => {
-            return refuse(
-                Value::Null,
-                RpcError::new(ErrorKind::ParseError, format!("not valid JSON: {e}")),
-            );
+            // A duplicate member, say: whether it had an id is unknown.
+            return Some(error_answer(
+                Response::null_id(),
+                ErrorKind::InvalidRequest,
+                format!("not a JSON-RPC 2.0 request: {e}"),
+            ));
         }
     };
-    let id = value.get("id").cloned();
+    let Some(id) = envelope.id else {
+        // A notification: carried out if valid, never answered.
+        if let Ok((method, params)) = request_parts(&envelope, in_batch) {
+            let _ = dispatch(&method, params, RawValue::NULL, handle).await;
+        }
+        return None;
+    };
     // Only a string, a number or null may be echoed (JSON-RPC 2.0 §5).
-    let reply_id = match &id {
-        Some(v @ (Value::Number(_) | Value::String(_))) => v.clone(),
-        _ => Value::Null,
+    let scalar = matches!(
+        id.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9' | b'n')
+    );
+    let reply_id = if scalar {
+        id.to_owned()
+    } else {
+        Response::null_id()
     };
-    let invalid = |message: &str| {
-        refuse(
-            reply_id.clone(),
-            RpcError::new(ErrorKind::InvalidRequest, message),
-        )
-    };
-    let Value::Object(obj) = &value else {
-        return invalid("a request must be a JSON object (batches are not supported)");
-    };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return invalid("a request must have \"jsonrpc\": \"2.0\"");
-    }
-    if !matches!(
-        id,
-        None | Some(Value::Number(_) | Value::String(_) | Value::Null)
-    ) {
-        return invalid("\"id\" must be a number, a string or null");
-    }
-    let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        return invalid("a request must have a \"method\" string");
-    };
-    let params = obj.get("params").cloned();
-    if !matches!(params, None | Some(Value::Object(_))) {
-        return refuse(
+    if !scalar {
+        return Some(error_answer(
             reply_id,
-            RpcError::new(ErrorKind::InvalidParams, "\"params\" must be an object"),
-        );
+            ErrorKind::InvalidRequest,
+            "\"id\" must be a number, a string or null",
+        ));
     }
-    let result = dispatch(method, params, &reply_id, handle).await;
-    id.as_ref()?;
-    Some(match result {
+    let (method, params) = match request_parts(&envelope, in_batch) {
+        Ok(parts) => parts,
+        Err(error) => {
+            return Some((
+                Answer::Message(Response::err(reply_id, error)),
+                Follow::Nothing,
+            ));
+        }
+    };
+    Some(match dispatch(&method, params, &reply_id, handle).await {
         Ok(Reply::Value(v)) => (Answer::Message(Response::ok(reply_id, v)), Follow::Nothing),
         Ok(Reply::Stream(v, follow)) => (Answer::Message(Response::ok(reply_id, v)), follow),
         Ok(Reply::Line(line)) => (Answer::Line(line), Follow::Nothing),
         Err(e) => (Answer::Message(Response::err(reply_id, e)), Follow::Nothing),
     })
+}
+
+/// A request's method and params, once its `jsonrpc`, `method` and
+/// `params` members are checked; a stream is refused inside a batch.
+fn request_parts(
+    envelope: &Envelope<'_>,
+    in_batch: bool,
+) -> Result<(String, Option<Value>), RpcError> {
+    let invalid = |message: &str| RpcError::new(ErrorKind::InvalidRequest, message);
+    let jsonrpc = envelope
+        .jsonrpc
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok());
+    if jsonrpc.as_deref() != Some("2.0") {
+        return Err(invalid("a request must have \"jsonrpc\": \"2.0\""));
+    }
+    let Some(method) = envelope
+        .method
+        .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    else {
+        return Err(invalid("a request must have a \"method\" string"));
+    };
+    let params = match envelope.params {
+        None => None,
+        Some(p) if p.get().starts_with('{') => Some(
+            serde_json::from_str::<Value>(p.get())
+                .map_err(|e| RpcError::new(ErrorKind::InvalidParams, e.to_string()))?,
+        ),
+        Some(_) => {
+            return Err(RpcError::new(
+                ErrorKind::InvalidParams,
+                "\"params\" must be an object",
+            ));
+        }
+    };
+    if in_batch && is_stream(&method, params.as_ref()) {
+        return Err(invalid(&format!(
+            "{method} streams notifications after its answer, which a batch cannot carry: send it as a request of its own"
+        )));
+    }
+    Ok((method, params))
+}
+
+/// Answers a batch (a line that is a JSON array): one array of answers, in
+/// the order of the requests, written as each is served; nothing at all
+/// when every element is a notification; a single `invalid_request` (not
+/// an array) for an empty batch. The elements are served one after the
+/// other; streams among them are refused ([`is_stream`]).
+async fn serve_batch(text: &str, handle: &Handle, writer: &mut OwnedWriteHalf) -> io::Result<()> {
+    let elements: Vec<&RawValue> = match serde_json::from_str(text) {
+        Ok(elements) => elements,
+        Err(e) => {
+            let (answer, _) = error_answer(
+                Response::null_id(),
+                ErrorKind::ParseError,
+                format!("not valid JSON: {e}"),
+            );
+            return answer.write(writer).await;
+        }
+    };
+    if elements.is_empty() {
+        let (answer, _) = error_answer(
+            Response::null_id(),
+            ErrorKind::InvalidRequest,
+            "an empty batch: a batch holds at least one request",
+        );
+        return answer.write(writer).await;
+    }
+    let mut opened = false;
+    for element in elements {
+        let Some((answer, _)) = answer_request(element, handle, true).await else {
+            continue;
+        };
+        let mut bytes = vec![if opened { b',' } else { b'[' }];
+        opened = true;
+        match answer {
+            Answer::Message(response) => {
+                serde_json::to_writer(&mut bytes, &response).map_err(io::Error::other)?;
+            }
+            Answer::Line(line) => {
+                bytes.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(&line));
+            }
+        }
+        writer.write_all(&bytes).await?;
+    }
+    if opened {
+        writer.write_all(b"]\n").await?;
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 /// `logs` params.
@@ -841,6 +1018,24 @@ fn params<T: DeserializeOwned + Default>(
     }
 }
 
+/// The params of a verb over programs: names, or `all`, not both.
+fn names(method: &str, p: Option<Value>) -> Result<NamesParams, RpcError> {
+    let sel: NamesParams = params(method, p)?;
+    not_both(method, &sel.names, sel.all)?;
+    Ok(sel)
+}
+
+/// `names` together with `all` is ambiguous: `invalid_params`.
+fn not_both(method: &str, names: &[String], all: bool) -> Result<(), RpcError> {
+    if all && !names.is_empty() {
+        return Err(RpcError::new(
+            ErrorKind::InvalidParams,
+            format!("invalid params for {method}: give program names or \"all\": true, not both"),
+        ));
+    }
+    Ok(())
+}
+
 fn required<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<T, RpcError> {
     serde_json::from_value(params.unwrap_or_else(|| json!({}))).map_err(|e| {
         RpcError::new(
@@ -864,12 +1059,12 @@ fn programs(outcomes: Vec<crate::protocol::Outcome>) -> Result<Box<RawValue>, Rp
 async fn dispatch(
     method: &str,
     p: Option<Value>,
-    id: &Value,
+    id: &RawValue,
     handle: &Handle,
 ) -> Result<Reply, RpcError> {
     match method {
         "status" => {
-            let sel: NamesParams = params(method, p)?;
+            let sel = names(method, p)?;
             let names = if sel.all { Vec::new() } else { sel.names };
             // The rows are written straight after the answer's head, in
             // the buffer that goes to the socket.
@@ -960,13 +1155,14 @@ async fn dispatch_value(
             protocol: PROTOCOL_VERSION,
             pid: std::process::id(),
         }),
-        "start" => programs(handle.start(params(method, p)?).await?),
-        "stop" => programs(handle.stop(params(method, p)?, false).await?),
-        "kill" => programs(handle.stop(params(method, p)?, true).await?),
-        "restart" => programs(handle.restart(params(method, p)?).await?),
-        "remove" => programs(handle.remove(params(method, p)?).await?),
+        "start" => programs(handle.start(names(method, p)?).await?),
+        "stop" => programs(handle.stop(names(method, p)?, false).await?),
+        "kill" => programs(handle.stop(names(method, p)?, true).await?),
+        "restart" => programs(handle.restart(names(method, p)?).await?),
+        "remove" => programs(handle.remove(names(method, p)?).await?),
         "signal" => {
             let sp: SignalParams = required(method, p)?;
+            not_both(method, &sp.names, sp.all)?;
             let sig = parse_signal_value(&sp.signal)
                 .map_err(|e| RpcError::new(ErrorKind::InvalidParams, e.to_string()))?;
             let sel = NamesParams {
