@@ -12,6 +12,7 @@ mod process;
 mod protocol;
 mod reload;
 mod run;
+mod server_defects;
 mod smoke;
 mod survival;
 mod verbs;

@@ -960,10 +960,39 @@ fn a_client_that_never_reads_its_answers_stalls_only_itself() {
 
 #[test]
 fn connections_over_the_cap_are_refused_with_an_answer_then_served_again() {
-    // server.rs: at most 512 connections at once (DESIGN: caps everywhere a
-    // client could make the daemon grow).
-    const CAP: usize = 512;
+    // server.rs: connections are capped by a budget of three quarters of
+    // supd's open-file limit (DESIGN: caps everywhere a client could make
+    // the daemon grow). A soft limit of 400 makes the budget 300.
+    const CAP: usize = 300;
     let (supd, sleeper) = start_with_sleeper();
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child, reading into a live local first.
+    let rc = unsafe {
+        libc::prlimit(
+            supd.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: 400,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above, setting the soft limit below the hard one.
+    let rc = unsafe {
+        libc::prlimit(
+            supd.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     let mut held = Vec::with_capacity(CAP);
     for i in 0..CAP {
         let mut c = Conn::open(&supd.socket);
@@ -975,6 +1004,8 @@ fn connections_over_the_cap_are_refused_with_an_answer_then_served_again() {
     extra.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"stop\",\"params\":{\"all\":true}}\n");
     let refusal = extra.recv();
     assert!(refusal.get("error").is_some(), "over the cap: {refusal}");
+    let message = refusal["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("too many connections"), "{refusal}");
     assert!(refusal.get("result").is_none(), "over the cap: {refusal}");
     assert!(
         refusal["error"]["data"]["kind"].is_string(),
