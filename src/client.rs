@@ -56,6 +56,18 @@ pub enum ClientError {
         /// The error.
         source: io::Error,
     },
+    /// The path names something that is not a socket (a folder, a file).
+    #[error(
+        "cannot connect to supd at {path}: it is {what}, not a socket (pass supd's socket file itself, such as {example}, with --socket or SUPD_SOCKET)"
+    )]
+    NotASocket {
+        /// The path given.
+        path: PathBuf,
+        /// What is there: "a directory", "a regular file", ...
+        what: &'static str,
+        /// A socket path to suggest.
+        example: String,
+    },
     /// The connection broke.
     #[error("lost the connection to supd: {0}")]
     Io(#[from] io::Error),
@@ -258,6 +270,44 @@ fn too_long() -> ClientError {
     ClientError::Protocol("an answer longer than 1 MiB".into())
 }
 
+/// Why connecting to `path` failed: [`ClientError::NotASocket`] when
+/// something other than a socket is there (connect(2) says only
+/// "Connection refused"), else [`ClientError::Connect`].
+fn connect_error(path: &Path, source: io::Error) -> ClientError {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        };
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        return ClientError::Connect {
+            path: path.to_path_buf(),
+            source,
+        };
+    } else {
+        "a device"
+    };
+    let example = if kind.is_dir() {
+        path.join("supd.sock").display().to_string()
+    } else {
+        default_socket_path().display().to_string()
+    };
+    ClientError::NotASocket {
+        path: path.to_path_buf(),
+        what,
+        example,
+    }
+}
+
 /// A connection to `supd`.
 #[derive(Debug)]
 pub struct Client {
@@ -272,10 +322,7 @@ impl Client {
     /// # Errors
     /// [`ClientError::Connect`] naming the path.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path).map_err(|source| connect_error(path, source))?;
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: LineReader::new(stream),

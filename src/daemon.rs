@@ -1,8 +1,11 @@
 //! Wiring: configuration, control socket, signals, the reaper, the
 //! supervisor and sd_notify, in the order that keeps each promise:
 //!
-//! 1. supd becomes a child subreaper, then registers SIGCHLD/SIGTERM/SIGINT
-//!    (signal-hook) before it spawns anything, so no exit is missed.
+//! 1. supd raises its soft open-file limit to the hard one (each client
+//!    connection is a descriptor; programs get back the limit supd was
+//!    given, see [`inherited_nofile`]), becomes a child subreaper, then
+//!    registers SIGCHLD/SIGTERM/SIGINT (signal-hook) before it spawns
+//!    anything, so no exit is missed.
 //! 2. The socket is bound (refused if another supd holds it).
 //! 3. Autostart programs are spawned, on the main thread.
 //! 4. `READY=1` goes to systemd (`NOTIFY_SOCKET`) with a `STATUS=` summary,
@@ -13,6 +16,7 @@
 //!    shutdown), the socket file is removed, and [`run`] returns.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -58,6 +62,49 @@ pub fn socket_path(opts: &Options) -> PathBuf {
         .unwrap_or_else(default_socket_path)
 }
 
+/// The `RLIMIT_NOFILE` supd was started with, before [`raise_nofile`].
+static INHERITED_NOFILE: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// The open-file limit (soft, hard) supd was started with, once it has
+/// raised its own ([`raise_nofile`]); `None` before (or in a process that
+/// is not supd). Programs without `limit_nofile` are given this soft limit
+/// back, so raising supd's own changes nothing for them (a program using
+/// `select(2)` keeps its 1024).
+pub fn inherited_nofile() -> Option<libc::rlimit> {
+    INHERITED_NOFILE.get().copied()
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so that supd can
+/// hold as many client connections as it is allowed to (systemd's
+/// default soft limit is 1024; the shipped unit sets `LimitNOFILE=65536`).
+/// Remembers the limit it was started with ([`inherited_nofile`]).
+///
+/// # Errors
+/// getrlimit/setrlimit failures (then supd runs on with its limit).
+pub fn raise_nofile() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let _ = INHERITED_NOFILE.set(lim);
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    if raised.rlim_cur != lim.rlim_cur {
+        // SAFETY: setrlimit reads the struct we pass; a soft limit up to
+        // the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(raised)
+}
+
 /// Runs the daemon in the foreground until shutdown. Blocks the calling
 /// thread, which must be the process's main thread: programs are spawned
 /// from it, and `PR_SET_PDEATHSIG` is tied to the thread that forks.
@@ -65,6 +112,19 @@ pub fn socket_path(opts: &Options) -> PathBuf {
 /// # Errors
 /// [`DaemonError`] when start-up fails; nothing has been spawned then.
 pub fn run(opts: Options) -> Result<(), DaemonError> {
+    match raise_nofile() {
+        Ok(raised) => {
+            let was = inherited_nofile().map_or(raised.rlim_cur, |l| l.rlim_cur);
+            tracing::debug!(
+                from = was,
+                to = raised.rlim_cur,
+                "open-file limit raised to the hard limit"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit; client connections are limited by it")
+        }
+    }
     crate::reaper::become_subreaper().map_err(|e| DaemonError::Setup {
         what: "PR_SET_CHILD_SUBREAPER",
         source: e.into(),
@@ -88,7 +148,7 @@ async fn serve(mut opts: Options) -> Result<(), DaemonError> {
             }
         })?;
     let path = socket_path(&opts);
-    let socket = ControlSocket::bind(&path)?;
+    let socket = ControlSocket::bind(&path, opts.config.supd.socket_group)?;
     let listener =
         tokio::net::UnixListener::from_std(socket.listener.try_clone().map_err(|source| {
             DaemonError::Setup {

@@ -989,6 +989,26 @@ impl Creds {
                 },
             ));
         }
+        if cfg.limit_nofile.is_none() {
+            // supd raised its own soft limit for its clients; the program
+            // gets back the one supd was started with (daemon.rs).
+            if let Some(given) = crate::daemon::inherited_nofile() {
+                // SAFETY: getrlimit writes into the struct we pass.
+                let mut now: libc::rlimit = unsafe { std::mem::zeroed() };
+                // SAFETY: as above; a valid resource and pointer.
+                if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) } == 0
+                    && given.rlim_cur < now.rlim_cur
+                {
+                    creds.limits.push((
+                        libc::RLIMIT_NOFILE,
+                        libc::rlimit {
+                            rlim_cur: given.rlim_cur,
+                            rlim_max: now.rlim_max,
+                        },
+                    ));
+                }
+            }
+        }
         Ok(creds)
     }
 }

@@ -43,6 +43,10 @@ pub struct SupdConfig {
     /// `allow_users`: user names or uids, besides root and the daemon's own
     /// user, whose connections are accepted. Empty by default.
     pub allow_uids: Vec<u32>,
+    /// `socket_group`: a group name or gid; the socket is then created
+    /// mode 0660 with that group (else 0600), so that allowed users in it
+    /// can connect.
+    pub socket_group: Option<u32>,
     /// `state_dir`: where supd keeps its state file (desired states, pool
     /// sizes). Default: `$STATE_DIRECTORY` (systemd's `StateDirectory=`),
     /// else the control socket's folder.

@@ -20,6 +20,7 @@ const SUPD_KEYS: &[&str] = &[
     "socket",
     "shutdown_timeout",
     "allow_users",
+    "socket_group",
     "state_dir",
     "include",
     "log_dir",
@@ -337,6 +338,7 @@ pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
             socket: None,
             shutdown_timeout: Duration::from_secs(30),
             allow_uids: Vec::new(),
+            socket_group: None,
             state_dir: None,
             include: Vec::new(),
             log_dir: None,
@@ -489,6 +491,7 @@ fn walk_supd(
                 }
             }
             "socket" => supd.socket = w.path(value, "socket", base),
+            "socket_group" => supd.socket_group = walk_group(w, value),
             "state_dir" => supd.state_dir = w.path(value, "state_dir", base),
             "log_dir" => supd.log_dir = w.path(value, "log_dir", base),
             "shutdown_timeout" => {

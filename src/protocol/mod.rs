@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! -> {"jsonrpc":"2.0","id":1,"method":"version"}
-//! <- {"jsonrpc":"2.0","id":1,"result":{"version":"0.1.0","protocol":1}}
+//! <- {"jsonrpc":"2.0","id":1,"result":{"version":"0.1.0","protocol":3}}
 //! -> {"jsonrpc":"2.0","id":2,"method":"start","params":{"names":["web"]}}
 //! <- {"jsonrpc":"2.0","id":2,"result":{"programs":[{"name":"web","state":"running","pid":4242,...}]}}
 //! -> {"jsonrpc":"2.0","id":3,"method":"start","params":{"names":["web"]}}
@@ -19,9 +19,13 @@
 //! [`MAX_LINE`] bytes a line. A line over the cap is answered with
 //! `invalid_request` and skipped; the connection stays usable.
 //!
+//! JSON-RPC 2.0 to the letter: a batch (a JSON array) gets an array of
+//! answers, a notification (no `id`) never gets one, and an `id` comes back
+//! as the very text it was sent as ([`Response::id`] is raw JSON).
+//!
 //! Compatibility: changes are additive only. New fields may appear in any
 //! object; clients ignore what they do not know. [`PROTOCOL_VERSION`] is
-//! raised when a method is added.
+//! raised when a method or a capability is added.
 
 pub mod framing;
 mod status;
@@ -36,8 +40,11 @@ use serde_json::Value;
 /// The largest message, in bytes, including its `\n` (1 MiB, SPEC §5).
 pub const MAX_LINE: usize = 1024 * 1024;
 
-/// Raised whenever a method or field is added (never for a removal: there are none).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Raised whenever a method, field or capability is added (never for a
+/// removal: there are none). 1: the first; 2: `logs`, `reopen_logs`,
+/// `run`; 3: batches, ids echoed exactly as sent, `names` with `all`
+/// refused. `docs/protocol.md` states it (a test holds them equal).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A JSON-RPC 2.0 request (or notification, when `id` is absent) as read off the wire.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,8 +78,10 @@ impl Request {
 pub struct Response {
     /// Always `"2.0"`.
     pub jsonrpc: String,
-    /// The request's id, or `null` when the request could not be read.
-    pub id: Value,
+    /// The request's id as the JSON text it was sent as (a number beyond
+    /// 64 bits, `1.5` or `"x"` comes back unchanged), or `null` when the
+    /// request's id could not be read.
+    pub id: Box<serde_json::value::RawValue>,
     /// The method's result on success, as JSON text: the daemon serialises
     /// a result once, straight to text, never through a `Value` tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,8 +92,16 @@ pub struct Response {
 }
 
 impl Response {
+    /// The `null` id, for an answer to a request whose id could not be read.
+    pub fn null_id() -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::NULL.to_owned()
+    }
+
     /// A success answer.
-    pub fn ok(id: Value, result: Box<serde_json::value::RawValue>) -> Self {
+    pub fn ok(
+        id: Box<serde_json::value::RawValue>,
+        result: Box<serde_json::value::RawValue>,
+    ) -> Self {
         Response {
             jsonrpc: "2.0".into(),
             id,
@@ -94,7 +111,7 @@ impl Response {
     }
 
     /// A failure answer.
-    pub fn err(id: Value, error: RpcError) -> Self {
+    pub fn err(id: Box<serde_json::value::RawValue>, error: RpcError) -> Self {
         Response {
             jsonrpc: "2.0".into(),
             id,
@@ -107,10 +124,9 @@ impl Response {
     /// to `out`: the result's text follows it, then [`Response::TAIL`]. How
     /// a large result (`status`) is written straight into the answer's
     /// buffer; the text is what serde makes of [`Response::ok`].
-    pub fn write_head(out: &mut Vec<u8>, id: &Value) {
+    pub fn write_head(out: &mut Vec<u8>, id: &serde_json::value::RawValue) {
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-        // Writing to a Vec cannot fail, and a Value always serialises.
-        let _ = serde_json::to_writer(&mut *out, id);
+        out.extend_from_slice(id.get().as_bytes());
         out.extend_from_slice(br#","result":"#);
     }
 
@@ -274,3 +290,40 @@ impl std::fmt::Display for RpcError {
 }
 
 impl std::error::Error for RpcError {}
+
+#[cfg(test)]
+mod tests {
+    use super::PROTOCOL_VERSION;
+
+    /// docs/protocol.md states the version the code speaks, in its header
+    /// line and in every example of a `version` answer.
+    #[test]
+    fn the_documented_protocol_version_is_the_codes() {
+        let doc = include_str!("../../docs/protocol.md");
+        let stated: Vec<u32> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("Protocol version: **"))
+            .filter_map(|rest| rest.split("**").next()?.parse().ok())
+            .collect();
+        assert_eq!(
+            stated,
+            vec![PROTOCOL_VERSION],
+            "the header line of docs/protocol.md"
+        );
+        let mut examples = 0;
+        for (i, _) in doc.match_indices("\"protocol\":") {
+            let digits: String = doc[i + "\"protocol\":".len()..]
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            assert_eq!(
+                digits,
+                PROTOCOL_VERSION.to_string(),
+                "an example in docs/protocol.md"
+            );
+            examples += 1;
+        }
+        assert!(examples > 0, "docs/protocol.md shows a version answer");
+    }
+}

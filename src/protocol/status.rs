@@ -278,11 +278,14 @@ mod tests {
     fn an_answer_written_in_place_is_the_answer_serde_writes() {
         let result = r#"{"programs":[]}"#;
         for id in [
-            serde_json::json!(1),
-            serde_json::json!(u64::MAX),
-            serde_json::json!("a \"quoted\" id"),
-            serde_json::Value::Null,
+            "1",
+            "18446744073709551615",
+            "123456789012345678901234567890",
+            "1.5",
+            r#""a \"quoted\" id""#,
+            "null",
         ] {
+            let id = serde_json::value::RawValue::from_string(id.into()).expect("raw id");
             let mut fast = Vec::new();
             crate::protocol::Response::write_head(&mut fast, &id);
             fast.extend_from_slice(result.as_bytes());

@@ -187,7 +187,7 @@ pub struct WaitParams {
     pub timeout: Option<f64>,
 }
 
-/// The result of `version`: `{"version": "0.1.0", "protocol": 1, "pid": 4242}`.
+/// The result of `version`: `{"version": "0.1.0", "protocol": 3, "pid": 4242}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionResult {
     /// The daemon's crate version.

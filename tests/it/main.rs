@@ -13,6 +13,7 @@ mod process;
 mod protocol;
 mod reload;
 mod run;
+mod server_defects;
 mod smoke;
 mod survival;
 mod ux_defects;
