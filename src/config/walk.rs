@@ -491,7 +491,7 @@ fn walk_supd(
                 }
             }
             "socket" => supd.socket = w.path(value, "socket", base),
-            "socket_group" => supd.socket_group = walk_group(w, value),
+            "socket_group" => supd.socket_group = walk_group(w, value, "socket_group"),
             "state_dir" => supd.state_dir = w.path(value, "state_dir", base),
             "log_dir" => supd.log_dir = w.path(value, "log_dir", base),
             "shutdown_timeout" => {
@@ -675,7 +675,7 @@ fn walk_program(
                 None => {}
             },
             "user" => p.user = walk_user(w, value),
-            "group" => p.group = walk_group(w, value),
+            "group" => p.group = walk_group(w, value, "group"),
             "umask" => match value.get_ref() {
                 DeValue::String(text) => {
                     match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
@@ -1025,11 +1025,13 @@ fn walk_user(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>) -> Option<super::
     })
 }
 
-fn walk_group(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>) -> Option<u32> {
+/// Reads a group name or gid for `key` (`group` or `socket_group`); an
+/// unknown one is an error at the value's place that names the key.
+fn walk_group(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>, key: &str) -> Option<u32> {
     use nix::unistd::{Gid, Group};
     let group = match value.get_ref() {
         DeValue::String(name) => Group::from_name(name).ok().flatten().ok_or(format!(
-            "unknown group \"{name}\": give an existing group name or a gid"
+            "unknown group \"{name}\" in \"{key}\": give an existing group name or a gid"
         )),
         DeValue::Integer(i) => match i.as_str().parse::<u32>() {
             Ok(gid) => Group::from_gid(Gid::from_raw(gid))
@@ -1039,7 +1041,7 @@ fn walk_group(w: &mut Walker<'_>, value: &Spanned<DeValue<'_>>) -> Option<u32> {
             Err(_) => Err("a gid is from 0 to 4294967295".to_string()),
         },
         other => Err(format!(
-            "\"group\" must be a group name or a gid, not {}",
+            "\"{key}\" must be a group name or a gid, not {}",
             other.type_str()
         )),
     };
